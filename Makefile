@@ -1,0 +1,39 @@
+# `make run`: run the local target end to end.  `make test`: the test suite.
+# Both create (or reuse) the virtual environment in .venv and install what the project needs.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench stack-up stack-down clean
+
+install: $(STAMP)
+
+# Reinstalled only when the requirements or the package metadata change.
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps -e .
+	touch $@
+
+run: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m chi_helpers run --target local
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m chi_helpers bench tracking
+
+stack-up: $(STAMP)
+	$(PY) -m chi_helpers stack up
+
+stack-down: $(STAMP)
+	$(PY) -m chi_helpers stack down
+
+# Removes what the local target made (data, stack, outputs) and the virtual environment.
+clean:
+	-test -x $(PY) && $(PY) -m chi_helpers stack down
+	rm -rf .local-target $(VENV) *.egg-info

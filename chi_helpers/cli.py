@@ -1,0 +1,134 @@
+"""`python -m chi_helpers ...`: the commands behind the notebooks, for a terminal or a Makefile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import food11
+from .local_run import DEFAULT_WORKDIR
+
+DEFAULT_STATE_DIR = DEFAULT_WORKDIR / "stack"
+
+
+def _per_class(text: str) -> dict[str, int]:
+    """`training=8,validation=3,evaluation=3` -> a dict; every split must be named."""
+    try:
+        pairs = dict(item.split("=", 1) for item in text.split(","))
+        counts = {split: int(n) for split, n in pairs.items()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected training=N,validation=N,evaluation=N, got {text!r}")
+    if set(counts) != set(food11.SPLITS):
+        raise argparse.ArgumentTypeError(f"name each of {', '.join(food11.SPLITS)} once, got {text!r}")
+    return counts
+
+
+def cmd_stack(args) -> int:
+    from . import local_stack
+
+    if args.action == "up":
+        stack = local_stack.up(
+            args.state_dir, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
+            artifacts_destination=args.artifacts_destination, timeout=args.timeout,
+        )
+        print(f"MLFLOW_TRACKING_URI={stack.url}")
+    elif args.action == "status":
+        state = local_stack.status(args.state_dir)
+        if args.json:
+            print(json.dumps(state, indent=2))
+        elif not state["running"]:
+            print(f"no MLflow server running from {args.state_dir}")
+        else:
+            health = "answers" if state["healthy"] else "does NOT answer /health"
+            print(f"MLflow server at {state['url']} (pid {state['pid']}) {health}")
+            print(f"  backend store:  {state['backend_store_uri']}")
+            print(f"  artifacts:      {state['artifacts_destination']}")
+            print(f"  log:            {state['log']}")
+        return 0 if state["running"] else 3
+    else:
+        local_stack.down(args.state_dir)
+    return 0
+
+
+def cmd_data(args) -> int:
+    if args.action == "sample":
+        from . import sample_data
+
+        counts = sample_data.make_sample_dataset(
+            args.root, per_class=args.per_class, image_size=args.image_size, seed=args.seed
+        )
+        print(food11.describe(counts))
+        return 0
+    return food11.main([args.action, str(args.root)])
+
+
+def cmd_bench(args) -> int:
+    from . import bench
+
+    bench.bench_tracking(calls=args.calls, blocks=args.blocks, epochs_per_block=args.epochs,
+                         image_size=args.image_size, per_class=args.per_class)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from .local_run import run_local
+
+    return run_local(args.workdir, port=args.port)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m chi_helpers", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="the local tracking stack: an MLflow server as a background process")
+    stack.add_argument("action", choices=["up", "status", "down"])
+    stack.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
+                       help="where the server's state, log and (by default) data live (default: %(default)s)")
+    stack.add_argument("--host", default="127.0.0.1")
+    stack.add_argument("--port", type=int, default=8000)
+    stack.add_argument("--backend-store-uri", help="default: SQLite in the state dir; e.g. postgresql://user@host/db")
+    stack.add_argument("--artifacts-destination", help="default: a folder in the state dir; e.g. s3://bucket/")
+    stack.add_argument("--timeout", type=float, default=120, help="seconds to wait for /health")
+    stack.add_argument("--json", action="store_true", help="status as JSON")
+    stack.set_defaults(func=cmd_stack)
+
+    data = sub.add_parser("data", help="Food-11: make the small local set, organize, verify, fetch the real one")
+    data.add_argument("action", choices=["sample", "organize", "verify", "fetch"])
+    data.add_argument("root", type=Path, help="the Food-11 folder (holds training/, validation/, evaluation/)")
+    data.add_argument("--per-class", type=_per_class, default=None,
+                      help="sample: photos per class per split, e.g. training=8,validation=3,evaluation=3")
+    data.add_argument("--image-size", type=int, default=64, help="sample: photo size in pixels")
+    data.add_argument("--seed", type=int, default=0, help="sample: random seed")
+    data.set_defaults(func=cmd_data)
+
+    bench = sub.add_parser("bench", help="print what tracking costs on this machine")
+    bench.add_argument("what", choices=["tracking"])
+    bench.add_argument("--calls", type=int, default=30, help="log_metrics calls per mode")
+    bench.add_argument("--blocks", type=int, default=3, help="alternating blocks of untracked/tracked epochs")
+    bench.add_argument("--epochs", type=int, default=4, help="epochs per block")
+    bench.add_argument("--image-size", type=int, default=64)
+    bench.add_argument("--per-class", type=int, default=24, help="training photos per class")
+    bench.set_defaults(func=cmd_bench)
+
+    run = sub.add_parser("run", help="run the local target: small data, the stack, a tracked training, a summary")
+    run.add_argument("--target", choices=["local"], default="local")
+    run.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="default: %(default)s")
+    run.add_argument("--port", type=int, default=8000)
+    run.set_defaults(func=cmd_run)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .local_stack import StackError
+
+    try:
+        return args.func(args)
+    except (StackError, food11.DataLayoutError, FileExistsError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

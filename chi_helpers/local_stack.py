@@ -1,0 +1,195 @@
+"""The tracking stack as plain processes on this machine: `stack up`, `stack status`, `stack down`.
+
+By default one MLflow server on 127.0.0.1 keeps runs in SQLite and artifacts in a local folder,
+served through the server (`--serve-artifacts`) the way the node's stack serves them from the
+object store. The backend store and artifact destination are options, so the same command runs
+the node's topology (PostgreSQL and an S3 endpoint) when given those URIs.
+
+What is running is recorded in `<state dir>/stack.json`; the server's output goes to
+`<state dir>/mlflow-server.log`. `down` stops the server and every process it started, and
+keeps the data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import processes
+from .progress import Clock
+
+STATE_FILE = "stack.json"
+LOG_FILE = "mlflow-server.log"
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8000
+
+
+class StackError(RuntimeError):
+    """The stack could not be started or found; the message says why and what to do."""
+
+
+@dataclass
+class Stack:
+    """One running MLflow server, as recorded in the state file."""
+
+    url: str
+    pid: int
+    host: str
+    port: int
+    backend_store_uri: str
+    artifacts_destination: str
+    log: str
+    started_at: float
+    env: dict = field(default_factory=dict)  # extra environment the server was given (secrets left out)
+
+    @property
+    def health_url(self) -> str:
+        return self.url.rstrip("/") + "/health"
+
+    def is_healthy(self) -> bool:
+        return processes.is_running(self.pid) and processes.http_ok(self.health_url)
+
+
+def _state_path(state_dir: Path) -> Path:
+    return Path(state_dir) / STATE_FILE
+
+
+def read_state(state_dir: str | os.PathLike) -> Stack | None:
+    path = _state_path(Path(state_dir))
+    if not path.exists():
+        return None
+    return Stack(**json.loads(path.read_text()))
+
+
+def _write_state(state_dir: Path, stack: Stack) -> None:
+    path = _state_path(state_dir)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(asdict(stack), indent=2))
+    tmp.replace(path)
+
+
+def server_command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 1) -> list[str]:
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--host", host,
+        "--port", str(port),
+        "--workers", str(workers),
+        "--backend-store-uri", backend_store_uri,
+        "--artifacts-destination", artifacts_destination,
+        "--serve-artifacts",
+    ]
+
+
+def up(
+    state_dir: str | os.PathLike,
+    host: str = DEFAULT_HOST,
+    port: int = DEFAULT_PORT,
+    backend_store_uri: str | None = None,
+    artifacts_destination: str | None = None,
+    env: dict | None = None,
+    timeout: float = 120.0,
+    clock: Clock | None = None,
+) -> Stack:
+    """Start the MLflow server in the background and wait until /health answers.
+
+    Reuses the server already recorded in `state_dir` when it is healthy. `env` adds variables
+    to the server's environment (the S3 endpoint and its keys, say).
+    """
+    state_dir = Path(state_dir).resolve()
+    clock = clock or Clock()
+    current = read_state(state_dir)
+    if current is not None:
+        if current.is_healthy():
+            clock.say(f"MLflow server already running at {current.url} (pid {current.pid}): reusing it")
+            return current
+        # Recorded but gone (machine restarted, process killed): clear what is left and start anew.
+        processes.stop_tree(current.pid, timeout=5)
+        _state_path(state_dir).unlink()
+
+    if not processes.port_is_free(host, port):
+        raise StackError(
+            f"Port {port} on {host} is already in use by another program, so the MLflow server cannot "
+            f"listen there. Choose another port (--port {port + 1}) or stop what listens on it "
+            f"(`ss -ltnp 'sport = :{port}'` shows it)."
+        )
+    state_dir.mkdir(parents=True, exist_ok=True)
+    backend_store_uri = backend_store_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    if artifacts_destination is None:
+        artifacts_destination = str(state_dir / "artifacts")
+        Path(artifacts_destination).mkdir(exist_ok=True)
+    log = state_dir / LOG_FILE
+    server_env = {
+        **os.environ,
+        # The series uses no server-side jobs; without them the server starts in half the time.
+        "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+        **(env or {}),
+    }
+    command = server_command(host, port, backend_store_uri, artifacts_destination)
+    clock.say(f"starting MLflow server on {host}:{port} (log: {log})")
+    proc = processes.start_background(command, log, env=server_env)
+    stack = Stack(
+        url=f"http://{host}:{port}",
+        pid=proc.pid,
+        host=host,
+        port=port,
+        backend_store_uri=backend_store_uri,
+        artifacts_destination=artifacts_destination,
+        log=str(log),
+        started_at=time.time(),
+        env={k: v for k, v in (env or {}).items() if "SECRET" not in k and "PASSWORD" not in k},
+    )
+    # Recorded before it is ready, so `down` can stop a server that hangs while starting.
+    _write_state(state_dir, stack)
+
+    deadline = time.monotonic() + timeout
+    next_note = 0.0
+    while not processes.http_ok(stack.health_url, timeout=1):
+        if proc.poll() is not None:
+            _give_up(state_dir, stack, f"the server exited with status {proc.returncode} before answering")
+        if time.monotonic() > deadline:
+            _give_up(state_dir, stack, f"no answer from {stack.health_url} after {timeout:.0f} s")
+        if clock.elapsed() >= next_note:
+            clock.say(f"waiting for {stack.health_url} ...")
+            next_note = clock.elapsed() + 5
+        time.sleep(0.25)
+    clock.say(f"MLflow server ready at {stack.url}")
+    return stack
+
+
+def _give_up(state_dir: Path, stack: Stack, reason: str) -> None:
+    processes.stop_tree(stack.pid, timeout=5)
+    _state_path(state_dir).unlink(missing_ok=True)
+    raise StackError(
+        f"The MLflow server did not come up: {reason}.\n"
+        f"Last lines of {stack.log}:\n{processes.tail(stack.log)}"
+    )
+
+
+def status(state_dir: str | os.PathLike) -> dict:
+    """What is recorded and whether it answers."""
+    stack = read_state(state_dir)
+    if stack is None:
+        return {"running": False, "state_dir": str(state_dir)}
+    return {
+        **asdict(stack),
+        "running": processes.is_running(stack.pid),
+        "healthy": stack.is_healthy(),
+        "state_dir": str(state_dir),
+    }
+
+
+def down(state_dir: str | os.PathLike, clock: Clock | None = None) -> bool:
+    """Stop the recorded server and all its children; data and log stay. False when nothing was recorded."""
+    clock = clock or Clock()
+    stack = read_state(state_dir)
+    if stack is None:
+        clock.say(f"no local stack recorded in {state_dir}: nothing to stop")
+        return False
+    stopped = processes.stop_tree(stack.pid)
+    _state_path(Path(state_dir)).unlink(missing_ok=True)
+    clock.say(f"stopped the MLflow server at {stack.url} ({stopped} process(es)); data kept in {state_dir}")
+    return True

@@ -1,0 +1,57 @@
+"""Shared fixtures: a small data set and a real MLflow server started with chi_helpers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chi_helpers import local_stack, processes, sample_data
+
+REPO = Path(__file__).resolve().parent.parent
+WORKSPACE = REPO / "workspace_mlflow"
+
+# Small and quick: 32-pixel photos, random weights (nothing to download), few epochs.
+FAST_TRAINING = ["--image_size", "32", "--pretrained", "false", "--initial_epochs", "1", "--total_epochs", "3"]
+
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # this machine has no way out; don't try
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("food11") / "Food-11"
+    sample_data.make_sample_dataset(root, per_class={"training": 4, "validation": 2, "evaluation": 2}, image_size=32)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory):
+    """One MLflow server for the session, on a free port, stopped (with its children) at the end."""
+    state_dir = tmp_path_factory.mktemp("stack")
+    stack = local_stack.up(state_dir, port=processes.free_port())
+    yield stack
+    local_stack.down(state_dir)
+    assert not processes.is_running(stack.pid)
+
+
+@pytest.fixture
+def run_script(mlflow_server, data_dir, tmp_path):
+    """Run a workspace script as a student would, in its own folder, against the session's server."""
+
+    def run(script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+        full_env = {
+            **os.environ,
+            "MLFLOW_TRACKING_URI": mlflow_server.url,
+            "FOOD11_DATA_DIR": str(data_dir),
+            "MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL": "1",
+            **(env or {}),
+        }
+        return subprocess.run(
+            [sys.executable, str(WORKSPACE / script), *args],
+            cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+
+    return run

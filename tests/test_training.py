@@ -1,0 +1,259 @@
+"""The three training scripts, run as a student runs them, checked through MlflowClient on a real server."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow.artifacts
+import pytest
+from mlflow import MlflowClient
+
+from conftest import FAST_TRAINING, REPO, WORKSPACE
+
+sys.path.insert(0, str(WORKSPACE))
+import food11_training  # noqa: E402
+
+EPOCH_METRICS = ["epoch_time", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "trainable_params"]
+
+
+def all_runs(client: MlflowClient) -> list:
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    return client.search_runs(experiment_ids) if experiment_ids else []
+
+
+@pytest.fixture
+def client(mlflow_server, monkeypatch) -> MlflowClient:
+    # The fluent API in this process (mlflow.artifacts, runs:/ URIs) talks to the same server.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    return MlflowClient(mlflow_server.url)
+
+
+@pytest.fixture
+def new_runs(client):
+    """Call it after running a script: the runs that script created."""
+    before = {r.info.run_id for r in all_runs(client)}
+    return lambda: [r for r in all_runs(client) if r.info.run_id not in before]
+
+
+def tool_path(tmp_path: Path, fake_tools: dict[str, str] | None = None) -> str:
+    """A PATH holding only git (MLflow records the commit with it) and the given fake commands."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    git = shutil.which("git")
+    if git:
+        (bin_dir / "git").symlink_to(git)
+    for name, script in (fake_tools or {}).items():
+        (bin_dir / name).write_text("#!/bin/sh\n" + script)
+        (bin_dir / name).chmod(0o755)
+    return str(bin_dir)
+
+
+FAKE_NVIDIA_SMI = 'echo "NVIDIA-SMI 580.00  GPU 0: NVIDIA A100-PCIE-40GB  GPU 1: NVIDIA A100-PCIE-40GB"\n'
+
+
+def head_commit() -> str | None:
+    done = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else None
+
+
+def test_tracked_run_logs_everything_the_lesson_shows(run_script, new_runs, client, data_dir, tmp_path):
+    # A huge fine-tuning rate makes validation loss worse after the first fine-tuning epoch,
+    # so early stopping (patience 1) ends phase 2 at epoch 2 of 0..5.
+    overrides = ["--initial_epochs", "1", "--total_epochs", "6", "--patience", "1", "--fine_tune_lr", "0.5"]
+    done = run_script(
+        "train_mlflow.py", "--image_size", "32", "--pretrained", "false", *overrides,
+        env={"PATH": tool_path(tmp_path, {"nvidia-smi": FAKE_NVIDIA_SMI})},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = new_runs()
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert client.get_experiment(run.info.experiment_id).name == "food11-classifier"
+
+    # Params: the whole config, with this run's overrides.
+    expected = {**food11_training.CONFIG, "image_size": 32, "pretrained": False, "initial_epochs": 1,
+                "total_epochs": 6, "patience": 1, "fine_tune_lr": 0.5, "data_dir": str(data_dir)}
+    assert run.data.params == {k: str(v) for k, v in expected.items()}
+
+    # Per-epoch metrics at step=epoch, up to the epoch early stopping ended on.
+    stopped = run.data.metrics["early_stopping_epoch"]
+    assert stopped == 2
+    for name in EPOCH_METRICS:
+        history = client.get_metric_history(run.info.run_id, name)
+        assert [m.step for m in history] == [0, 1, 2], name
+    trainable = [m.value for m in client.get_metric_history(run.info.run_id, "trainable_params")]
+    assert trainable[0] < trainable[1] == trainable[2], "phase 2 unfreezes the backbone"
+    assert all(m.value > 0 for m in client.get_metric_history(run.info.run_id, "epoch_time"))
+    assert {"test_loss", "test_accuracy"} <= set(run.data.metrics)
+    assert 0 <= run.data.metrics["test_accuracy"] <= 1
+
+    # System metrics are on.
+    assert "system/cpu_utilization_percentage" in run.data.metrics
+
+    # gpu-info.txt holds what nvidia-smi said.
+    gpu_info = client.download_artifacts(run.info.run_id, "gpu-info.txt", str(tmp_path))
+    assert "NVIDIA A100-PCIE-40GB" in Path(gpu_info).read_text()
+
+    # The model is logged under one name, once per improvement: only epoch 1 improved.
+    models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'")
+    assert [m.name for m in models] == ["food11"]
+    model_dir = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/food11", dst_path=str(tmp_path / "model"))
+    assert (Path(model_dir) / "MLmodel").exists()
+
+    commit = head_commit()
+    if commit:  # a clone (as in CI) records its commit
+        assert run.data.tags["mlflow.source.git.commit"] == commit
+
+
+def test_without_a_gpu_tool_the_run_says_so(run_script, new_runs, client, tmp_path):
+    done = run_script("train_mlflow.py", *FAST_TRAINING, env={"PATH": tool_path(tmp_path)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = new_runs()
+    assert run.info.status == "FINISHED"
+    assert "early_stopping_epoch" not in run.data.metrics  # 3 epochs, patience 5: it never stops early
+    text = Path(client.download_artifacts(run.info.run_id, "gpu-info.txt", str(tmp_path))).read_text()
+    assert text == food11_training.NO_GPU_NOTE
+
+
+def test_baseline_trains_without_touching_mlflow(run_script, new_runs, tmp_path):
+    done = run_script("train.py", *FAST_TRAINING)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert new_runs() == []
+    assert (tmp_path / "food11.pth").stat().st_size > 1_000_000
+    assert "test_accuracy" in done.stdout and done.stdout.count("epoch_time") == 3
+
+
+def test_diff_of_baseline_and_tracked_script_is_only_tracking():
+    baseline = (WORKSPACE / "train.py").read_text().splitlines()
+    tracked = (WORKSPACE / "train_mlflow.py").read_text().splitlines()
+    docstring = len(baseline[: baseline.index('"""', 1) + 1])
+    hunks = []
+    matcher = difflib.SequenceMatcher(a=baseline, b=tracked, autojunk=False)
+    for op, a0, a1, b0, b1 in matcher.get_opcodes():
+        if op == "equal" or a1 <= docstring:
+            continue
+        removed, added = baseline[a0:a1], tracked[b0:b1]
+        # A removed line may only come back re-indented (under the interrupt handler).
+        for line in removed:
+            assert any(new.strip() == line.strip() for new in added), f"baseline line dropped: {line!r}"
+        hunks.append("\n".join(added))
+    assert hunks, "the tracked script adds something"
+    tracking_words = ("mlflow", "gpu_info", "run_ends_on_interrupt", "torchvision", "MODEL_REQUIREMENTS")
+    for hunk in hunks:
+        assert any(word in hunk for word in tracking_words), f"not a tracking change:\n{hunk}"
+
+
+def test_lightning_makes_exactly_one_run_with_train_val_and_test_metrics(run_script, new_runs, client, tmp_path):
+    done = run_script("train_lightning.py", *FAST_TRAINING)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = new_runs()
+    assert len(runs) == 1
+    run = runs[0]
+    assert run.info.status == "FINISHED"
+    assert {"train_loss", "train_accuracy", "val_loss", "val_accuracy", "test_loss", "test_accuracy"} <= set(run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1, 2]
+    assert run.data.params["fine_tune_lr"] == "1e-06"  # the Lightning version's own value
+    assert run.data.params["optimizer_name"] == "Adam"  # autologged
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"gpu-info.txt", "model_summary.txt"} <= artifacts
+
+
+def wait_for_training(client: MlflowClient, new_runs, proc: subprocess.Popen, timeout: float = 120):
+    """The run the process started, once it has logged its first epoch."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        runs = new_runs()
+        if runs and client.get_metric_history(runs[0].info.run_id, "epoch_time"):
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("training did not log an epoch in time")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+@pytest.mark.parametrize("script", ["train_mlflow.py", "train_lightning.py"])
+def test_an_interrupted_run_ends_killed_and_the_next_one_starts(
+    script, signum, run_script, new_runs, client, mlflow_server, data_dir, tmp_path
+):
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.url, "FOOD11_DATA_DIR": str(data_dir)}
+    long_training = ["--image_size", "32", "--pretrained", "false", "--initial_epochs", "100", "--total_epochs", "200"]
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKSPACE / script), *long_training],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        if script == "train_mlflow.py":
+            run = wait_for_training(client, new_runs, proc)
+        else:  # autologging sends metrics at epoch end too; wait for the run, then for an epoch
+            run = wait_for_lightning(client, new_runs, proc)
+        assert client.get_run(run.info.run_id).info.status == "RUNNING"
+        proc.send_signal(signum)
+        _, stderr = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, stderr[-3000:]
+    assert client.get_run(run.info.run_id).info.status == "KILLED"
+    assert len(new_runs()) == 1
+
+    if signum == signal.SIGINT and script == "train_mlflow.py":
+        done = run_script(script, *FAST_TRAINING)
+        assert done.returncode == 0, done.stderr[-3000:]
+        statuses = sorted(r.info.status for r in new_runs())
+        assert statuses == ["FINISHED", "KILLED"]
+
+
+def wait_for_lightning(client, new_runs, proc, timeout: float = 120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        runs = new_runs()
+        if runs and client.get_metric_history(runs[0].info.run_id, "val_loss"):
+            return runs[0]
+        time.sleep(0.5)
+    raise AssertionError("Lightning training did not log an epoch in time")
+
+
+def test_missing_imagenet_weights_say_how_to_run_without_them(run_script, new_runs, tmp_path):
+    # A proxy that refuses every connection: the download fails here as it would offline.
+    refuse = {"https_proxy": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9", "TORCH_HOME": str(tmp_path / "torch")}
+    done = run_script("train_mlflow.py", "--image_size", "32", "--pretrained", "true", env=refuse)
+    assert done.returncode != 0
+    assert "could not fetch the ImageNet weights" in done.stderr
+    assert "--pretrained false" in done.stderr and "checkpoints" in done.stderr
+    assert [r.info.status for r in new_runs()] == ["FAILED"]  # ended, not left RUNNING
+
+
+def test_a_bad_data_directory_stops_before_any_run(run_script, new_runs, tmp_path):
+    (tmp_path / "Food-11" / "training").mkdir(parents=True)
+    done = run_script("train_mlflow.py", *FAST_TRAINING, "--data_dir", str(tmp_path / "Food-11"))
+    assert done.returncode != 0
+    assert "no 'validation' split folder" in done.stderr
+    assert "lacks class folder(s) class_00" in done.stderr
+    assert new_runs() == []
+
+
+def test_config_overrides_keep_types_and_reject_bad_values(capsys):
+    config = food11_training.parse_config(
+        food11_training.CONFIG, ["--pretrained", "no", "--lr", "3e-3", "--num_workers", "16", "--data_dir", "/data"]
+    )
+    assert config["pretrained"] is False and config["lr"] == 0.003 and config["num_workers"] == 16
+    assert config["data_dir"] == "/data" and config["total_epochs"] == 20  # the rest stay the defaults
+    for bad in (["--pretrained", "maybe"], ["--batch_size", "big"], ["--initial_epochs", "30"], ["--epochs", "3"]):
+        with pytest.raises(SystemExit):
+            food11_training.parse_config(food11_training.CONFIG, bad)
+    err = capsys.readouterr().err
+    assert "expected true or false" in err and "cannot exceed --total_epochs" in err
+
+
+def test_config_defaults_are_the_lessons_values():
+    config = food11_training.CONFIG
+    assert (config["initial_epochs"], config["total_epochs"], config["patience"], config["batch_size"]) == (5, 20, 5, 32)
+    assert (config["lr"], config["fine_tune_lr"], config["image_size"], config["pretrained"]) == (1e-4, 1e-5, 224, True)

@@ -1,0 +1,240 @@
+"""What the three training scripts share: the config, the data, the model and the training loops.
+
+Each script keeps its own copy of the steps you read in the lesson (two phases, early
+stopping, what gets logged); this module holds the parts that are the same in all three.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+from torchvision import datasets, models, transforms
+
+from chi_helpers import food11
+
+# Every value a run depends on, in one place. Each one is logged with the run and can be
+# changed for one run from the command line (`--total_epochs 2 --image_size 64`) without
+# editing this file.
+CONFIG = {
+    "initial_epochs": 5,
+    "total_epochs": 20,
+    "patience": 5,
+    "batch_size": 32,
+    "lr": 1e-4,
+    "fine_tune_lr": 1e-5,
+    "model_architecture": "MobileNetV2",
+    "dropout_probability": 0.5,
+    "random_horizontal_flip": 0.5,
+    "random_rotation": 15,
+    "color_jitter_brightness": 0.2,
+    "color_jitter_contrast": 0.2,
+    "color_jitter_saturation": 0.2,
+    "color_jitter_hue": 0.1,
+    "image_size": 224,
+    "num_workers": 0,
+    "pretrained": True,
+    "data_dir": os.environ.get("FOOD11_DATA_DIR", "Food-11"),
+    "seed": 42,
+}
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+def _to_bool(text: str) -> bool:
+    value = text.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off"}:
+        return False
+    raise argparse.ArgumentTypeError(f"expected true or false, got {text!r}")
+
+
+def parse_config(defaults: dict, argv: list[str] | None = None, description: str | None = None) -> dict:
+    """The config with any `--key value` overrides from the command line applied."""
+    parser = argparse.ArgumentParser(description=description)
+    for key, default in defaults.items():
+        kind = _to_bool if isinstance(default, bool) else type(default)
+        parser.add_argument(f"--{key}", type=kind, default=default, metavar=type(default).__name__.upper())
+    config = vars(parser.parse_args(argv))
+    if config["initial_epochs"] > config["total_epochs"]:
+        parser.error("--initial_epochs cannot exceed --total_epochs")
+    if min(config["batch_size"], config["image_size"], config["total_epochs"]) < 1:
+        parser.error("--batch_size, --image_size and --total_epochs must be at least 1")
+    return config
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def pick_device() -> torch.device:
+    # ROCm builds of PyTorch answer to torch.cuda as well.
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def check_data(data_dir: str) -> None:
+    """Stop with a clear message before training when the data directory is not usable."""
+    try:
+        counts = food11.verify(data_dir)
+    except food11.DataLayoutError as error:
+        sys.exit(f"error: {error}")
+    print(food11.describe(counts), flush=True)
+
+
+def make_transforms(config: dict) -> tuple[transforms.Compose, transforms.Compose]:
+    size = config["image_size"]
+    normalize = transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)
+    train = transforms.Compose([
+        transforms.Resize(size),
+        transforms.CenterCrop(size),
+        transforms.RandomHorizontalFlip(p=config["random_horizontal_flip"]),
+        transforms.RandomRotation(config["random_rotation"]),
+        transforms.ColorJitter(
+            brightness=config["color_jitter_brightness"],
+            contrast=config["color_jitter_contrast"],
+            saturation=config["color_jitter_saturation"],
+            hue=config["color_jitter_hue"],
+        ),
+        transforms.ToTensor(),
+        normalize,
+    ])
+    evaluate = transforms.Compose([
+        transforms.Resize(size), transforms.CenterCrop(size), transforms.ToTensor(), normalize,
+    ])
+    return train, evaluate
+
+
+def make_loaders(config: dict) -> tuple[DataLoader, DataLoader, DataLoader]:
+    """Training, validation and evaluation loaders over the Food-11 folders."""
+    train_tf, eval_tf = make_transforms(config)
+    root = config["data_dir"]
+
+    def loader(split: str, transform, shuffle: bool) -> DataLoader:
+        dataset = datasets.ImageFolder(os.path.join(root, split), transform=transform)
+        return DataLoader(
+            dataset, batch_size=config["batch_size"], shuffle=shuffle, num_workers=config["num_workers"],
+        )
+
+    return loader("training", train_tf, True), loader("validation", eval_tf, False), loader("evaluation", eval_tf, False)
+
+
+def build_model(config: dict) -> nn.Module:
+    """MobileNetV2 (ImageNet weights unless `--pretrained false`) with an 11-class head."""
+    weights = models.MobileNet_V2_Weights.IMAGENET1K_V1 if config["pretrained"] else None
+    try:
+        model = models.mobilenet_v2(weights=weights)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        sys.exit(
+            f"error: could not fetch the ImageNet weights for MobileNetV2 ({error}).\n"
+            "Either run without them, starting from random weights (it learns slower):\n"
+            f"    python {os.path.basename(sys.argv[0])} --pretrained false\n"
+            f"or copy {os.path.basename(weights.url)} into {torch.hub.get_dir()}/checkpoints/ and run again."
+        )
+    model.classifier = nn.Sequential(
+        nn.Dropout(config["dropout_probability"]),
+        nn.Linear(model.last_channel, len(food11.CLASSES)),
+    )
+    return model
+
+
+def set_backbone_trainable(model: nn.Module, trainable: bool) -> None:
+    for param in model.features.parameters():
+        param.requires_grad = trainable
+
+
+def count_trainable(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def train_one_epoch(model, loader, criterion, optimizer, device) -> tuple[float, float]:
+    """One pass over `loader` with weight updates; returns (mean loss, accuracy)."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        optimizer.zero_grad()
+        outputs = model(images)
+        loss = criterion(outputs, labels)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * labels.size(0)
+        correct += (outputs.argmax(1) == labels).sum().item()
+        seen += labels.size(0)
+    return total_loss / seen, correct / seen
+
+
+@torch.no_grad()
+def evaluate(model, loader, criterion, device) -> tuple[float, float]:
+    """One pass over `loader` without updates; returns (mean loss, accuracy)."""
+    model.eval()
+    total_loss, correct, seen = 0.0, 0, 0
+    for images, labels in loader:
+        images, labels = images.to(device), labels.to(device)
+        outputs = model(images)
+        total_loss += criterion(outputs, labels).item() * labels.size(0)
+        correct += (outputs.argmax(1) == labels).sum().item()
+        seen += labels.size(0)
+    return total_loss / seen, correct / seen
+
+
+NO_GPU_NOTE = "No GPU tool (nvidia-smi or rocm-smi) was found on this machine: training ran on the CPU.\n"
+
+
+def gpu_info() -> str:
+    """What `nvidia-smi` or `rocm-smi` says about the GPUs, or a note that there are none."""
+    for command in (["nvidia-smi"], ["rocm-smi", "--showproductname", "--showmeminfo", "vram"]):
+        if shutil.which(command[0]):
+            try:
+                done = subprocess.run(command, capture_output=True, text=True, timeout=30)
+            except (OSError, subprocess.TimeoutExpired) as error:
+                return f"`{' '.join(command)}` did not answer: {error}\n"
+            return f"$ {' '.join(command)}\n{done.stdout}{done.stderr}"
+    return NO_GPU_NOTE
+
+
+class Interrupted(KeyboardInterrupt):
+    """Raised on SIGTERM so it is handled like Ctrl+C."""
+
+
+@contextlib.contextmanager
+def run_ends_on_interrupt():
+    """End the active MLflow run as KILLED on Ctrl+C or SIGTERM, FAILED on an error.
+
+    Without it, MLflow's exit hook would mark an interrupted run FINISHED, or a killed
+    process would leave it RUNNING forever.
+    """
+    import mlflow
+
+    signalled = []
+
+    def on_signal(signum, frame):
+        signalled.append(signum)
+        raise Interrupted(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    except BaseException as error:
+        # Lightning turns Ctrl+C into SystemExit(1) after its own clean-up; the flag still tells.
+        killed = signalled or isinstance(error, KeyboardInterrupt)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl+C must not cut this short
+        mlflow.end_run(status="KILLED" if killed else "FAILED")
+        if killed:
+            print("\ninterrupted: the MLflow run was ended as KILLED", file=sys.stderr)
+            sys.exit(130)
+        raise
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)

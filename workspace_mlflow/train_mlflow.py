@@ -1,0 +1,107 @@
+"""Train the Food-11 classifier in plain PyTorch, tracked with MLflow.
+
+Phase 1 trains a new classifier head on a frozen MobileNetV2; phase 2 fine-tunes the whole
+network and stops early when validation loss stops improving. Compare with train.py:
+`diff train.py train_mlflow.py` shows only what tracking adds.
+"""
+
+import time
+
+import mlflow
+import mlflow.pytorch
+import torch
+import torchvision
+from torch import nn
+
+from food11_training import (
+    CONFIG,
+    build_model,
+    check_data,
+    count_trainable,
+    evaluate,
+    gpu_info,
+    make_loaders,
+    parse_config,
+    pick_device,
+    run_ends_on_interrupt,
+    seed_everything,
+    set_backbone_trainable,
+    train_one_epoch,
+)
+
+# What a deployment needs to load the logged model (without the "+cu..." build tag).
+MODEL_REQUIREMENTS = [f"torch=={torch.__version__.split('+')[0]}", f"torchvision=={torchvision.__version__.split('+')[0]}"]
+
+
+def main(config: dict) -> None:
+    check_data(config["data_dir"])
+    # The server comes from MLFLOW_TRACKING_URI; the run records the config and the hardware.
+    mlflow.set_experiment("food11-classifier")
+    mlflow.end_run()  # a run left open by an interrupted session would block start_run
+    mlflow.start_run(log_system_metrics=True)
+    mlflow.log_text(gpu_info(), "gpu-info.txt")
+    mlflow.log_params(config)
+
+    seed_everything(config["seed"])
+    device = pick_device()
+    print(f"training on {device}", flush=True)
+    train_loader, val_loader, test_loader = make_loaders(config)
+    model = build_model(config).to(device)
+    criterion = nn.CrossEntropyLoss()
+
+    def run_epoch(epoch: int, optimizer) -> dict:
+        start = time.time()
+        train_loss, train_accuracy = train_one_epoch(model, train_loader, criterion, optimizer, device)
+        val_loss, val_accuracy = evaluate(model, val_loader, criterion, device)
+        metrics = {
+            "epoch_time": time.time() - start,
+            "train_loss": train_loss,
+            "train_accuracy": train_accuracy,
+            "val_loss": val_loss,
+            "val_accuracy": val_accuracy,
+            "trainable_params": count_trainable(model),
+        }
+        print(f"epoch {epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
+        # Queued, not sent: training goes on while a background thread talks to the server.
+        mlflow.log_metrics(metrics, step=epoch, synchronous=False)
+        return metrics
+
+    # Phase 1: the ImageNet features stay frozen; only the new 11-class head learns.
+    set_backbone_trainable(model, False)
+    optimizer = torch.optim.Adam(model.classifier.parameters(), lr=config["lr"])
+    for epoch in range(config["initial_epochs"]):
+        metrics = run_epoch(epoch, optimizer)
+
+    # Phase 2: unfreeze everything and fine-tune gently; keep the best model, stop when
+    # validation loss has not improved for `patience` epochs.
+    set_backbone_trainable(model, True)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config["fine_tune_lr"])
+    best_val_loss, epochs_without_improvement = float("inf"), 0
+    for epoch in range(config["initial_epochs"], config["total_epochs"]):
+        metrics = run_epoch(epoch, optimizer)
+        if metrics["val_loss"] < best_val_loss:
+            best_val_loss, epochs_without_improvement = metrics["val_loss"], 0
+            torch.save(model.state_dict(), "food11.pth")
+            mlflow.pytorch.log_model(
+                model,
+                name="food11",
+                serialization_format="pickle",  # loads with mlflow.pytorch.load_model at any batch size
+                pip_requirements=MODEL_REQUIREMENTS,  # named, MLflow need not spend seconds guessing them
+            )
+        else:
+            epochs_without_improvement += 1
+            if epochs_without_improvement >= config["patience"]:
+                print(f"early stopping: no better val_loss for {config['patience']} epochs", flush=True)
+                mlflow.log_metric("early_stopping_epoch", epoch)
+                break
+
+    test_loss, test_accuracy = evaluate(model, test_loader, criterion, device)
+    print(f"test_loss {test_loss:.4g}, test_accuracy {test_accuracy:.4g}", flush=True)
+    mlflow.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy})
+    mlflow.end_run()
+
+
+if __name__ == "__main__":
+    # Ctrl+C or SIGTERM ends the run as KILLED instead of leaving it RUNNING.
+    with run_ends_on_interrupt():
+        main(parse_config(CONFIG, description=__doc__))
