@@ -57,7 +57,8 @@ def cmd_data(args) -> int:
         from . import sample_data
 
         counts = sample_data.make_sample_dataset(
-            args.root, per_class=args.per_class, image_size=args.image_size, seed=args.seed
+            args.root, per_class=args.per_class, image_size=args.image_size or sample_data.DEFAULT_IMAGE_SIZE,
+            seed=args.seed,
         )
         print(food11.describe(counts))
         return 0
@@ -99,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("root", type=Path, help="the Food-11 folder (holds training/, validation/, evaluation/)")
     data.add_argument("--per-class", type=_per_class, default=None,
                       help="sample: photos per class per split, e.g. training=8,validation=3,evaluation=3")
-    data.add_argument("--image-size", type=int, default=64, help="sample: photo size in pixels")
+    data.add_argument("--image-size", type=int, help="sample: photo size in pixels (default 64)")
     data.add_argument("--seed", type=int, default=0, help="sample: random seed")
     data.set_defaults(func=cmd_data)
 

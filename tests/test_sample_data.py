@@ -26,8 +26,9 @@ def test_sample_has_the_food11_shape(tmp_path):
 
 def test_sample_can_stay_raw_for_the_organizer(tmp_path):
     assert sample_data.make_sample_dataset(tmp_path, organize=False) is None
-    assert len(list((tmp_path / "training").glob("*.jpg"))) == 11 * 8
-    assert food11.organize(tmp_path)["training"] == 88
+    per_class = sample_data.DEFAULT_PER_CLASS["training"]
+    assert len(list((tmp_path / "training").glob("*.jpg"))) == 11 * per_class
+    assert food11.organize(tmp_path)["training"] == 11 * per_class
 
 
 def test_sample_never_writes_over_stored_photos(tmp_path):
