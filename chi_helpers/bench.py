@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from . import local_stack, processes, sample_data
-from .local_run import WORKSPACE
+from .local_target import WORKSPACE
 from .progress import Clock
 
 

@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from . import food11
-from .local_run import DEFAULT_WORKDIR
+from .local_target import DEFAULT_WORKDIR
+from .variants import DEFAULT_VARIANT, VARIANTS
 
 DEFAULT_STATE_DIR = DEFAULT_WORKDIR / "stack"
 
@@ -73,10 +74,18 @@ def cmd_bench(args) -> int:
     return 0
 
 
-def cmd_run(args) -> int:
-    from .local_run import run_local
+def cmd_build(args) -> int:
+    from . import build
 
-    return run_local(args.workdir, port=args.port)
+    return build.build(check=args.check)
+
+
+def cmd_run(args) -> int:
+    from .series_run import run_series
+
+    report = run_series(target=args.target, variant=args.gpu, workdir=args.workdir, output_dir=args.output,
+                        port=args.port, keep_stack=args.keep_stack)
+    return 0 if report["passed"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -113,10 +122,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--per-class", type=int, default=24, help="training photos per class")
     bench.set_defaults(func=cmd_bench)
 
-    run = sub.add_parser("run", help="run the local target: small data, the stack, a tracked training, a summary")
+    build = sub.add_parser("build", help="write every variant's notebooks and web pages from notebooks/source")
+    build.add_argument("--check", action="store_true", help="write nothing; fail if a generated file differs")
+    build.set_defaults(func=cmd_build)
+
+    run = sub.add_parser("run", help="run the whole series with papermill and write a report")
     run.add_argument("--target", choices=["local"], default="local")
-    run.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="default: %(default)s")
+    run.add_argument("--gpu", choices=sorted(VARIANTS), default=DEFAULT_VARIANT, help="which variant's notebooks")
+    run.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="data and stack (default: %(default)s)")
+    run.add_argument("--output", type=Path, help="executed notebooks and report (default: WORKDIR/output/<time>)")
     run.add_argument("--port", type=int, default=8000)
+    run.add_argument("--keep-stack", action="store_true", help="leave the MLflow server running afterwards")
     run.set_defaults(func=cmd_run)
     return parser
 

@@ -6,7 +6,6 @@ import re
 import subprocess
 import sys
 
-from chi_helpers import processes
 
 
 def cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -17,7 +16,7 @@ def cli(*args: str, cwd=None, timeout: float = 300) -> subprocess.CompletedProce
 def test_help_lists_every_command():
     done = cli("--help")
     assert done.returncode == 0
-    for command in ("stack", "data", "bench", "run"):
+    for command in ("stack", "data", "bench", "build", "run"):
         assert command in done.stdout
 
 
@@ -47,21 +46,3 @@ def test_bench_tracking_prints_its_figures():
                    r"async: +\d\.\d{3}",
                    r"sync: +\d\.\d{3}"):
         assert re.search(figure, done.stdout), figure
-
-
-def test_run_local_trains_once_and_summarizes(tmp_path):
-    port = str(processes.free_port())
-    workdir = tmp_path / "work"
-    try:
-        done = cli("run", "--target", "local", "--workdir", str(workdir), "--port", port)
-        assert done.returncode == 0, done.stderr[-3000:]
-        out = done.stdout
-        assert "FINISHED" in out and "params:   19" in out
-        assert "val_accuracy=" in out and "test_accuracy=" in out
-        assert "models:   " in out and "['food11']" in out
-        assert f"MLflow UI: http://127.0.0.1:{port}" in out
-        # Running again reuses the data and the server.
-        again = cli("run", "--target", "local", "--workdir", str(workdir), "--port", port)
-        assert again.returncode == 0 and "data: reusing" in again.stdout and "reusing it" in again.stdout
-    finally:
-        cli("stack", "down", "--state-dir", str(workdir / "stack"))

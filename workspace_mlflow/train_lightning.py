@@ -7,6 +7,8 @@ callbacks' settings and the model. On a node with two GPUs Lightning trains on b
 process per GPU, and only the first (rank 0) owns the MLflow run.
 """
 
+import sys
+
 import lightning as L
 import mlflow
 import mlflow.pytorch
@@ -64,6 +66,15 @@ class Food11Classifier(L.LightningModule):
         return torch.optim.Adam(self.model.classifier.parameters(), lr=self.lr)
 
 
+class PrintEpochMetrics(L.Callback):
+    """One line per epoch, for where no progress bar can draw (a notebook's `!python`, a log file)."""
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.is_global_zero:
+            metrics = sorted((k, float(v)) for k, v in trainer.callback_metrics.items())
+            print(f"epoch {trainer.current_epoch}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics), flush=True)
+
+
 def main(config: dict) -> None:
     check_data(config["data_dir"])
     seed_everything(config["seed"])
@@ -75,11 +86,15 @@ def main(config: dict) -> None:
         EarlyStopping(monitor="val_loss", mode="min", patience=config["patience"]),
         BackboneFinetuning(unfreeze_backbone_at_epoch=config["initial_epochs"], backbone_initial_lr=config["fine_tune_lr"]),
     ]
+    interactive = sys.stdout.isatty()
+    if not interactive:
+        callbacks.append(PrintEpochMetrics())
     trainer = L.Trainer(
         max_epochs=config["total_epochs"],
         accelerator="auto",  # the GPUs when there are any, else the CPU
         devices="auto",
         callbacks=callbacks,
+        enable_progress_bar=interactive,
         logger=False,  # MLflow records the metrics; no second copy on disk
     )
 

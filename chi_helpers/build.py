@@ -1,0 +1,216 @@
+"""`python -m chi_helpers build`: the series' notebooks and web pages, per GPU variant, from one source.
+
+A source (`notebooks/source/NN_name.md`) is Markdown:
+
+- a fenced block opened with ```` ```python ```` becomes a code cell (```` ```python parameters ````
+  tags it `parameters` for papermill); every other fence stays Markdown, to be read, not run;
+- the Markdown between two code cells is one Markdown cell;
+- `::: nvidia vm` ... `:::` keeps what it wraps only in those variants' notebooks;
+- `{{ key }}` is replaced by that field of the variant's profile (`chi_helpers.variants`).
+
+`build` writes each variant's notebooks (testbed-side ones under `notebooks/<variant>/`, node-side
+ones under `workspace_mlflow/<variant>/`) and one HTML page of the whole series per variant plus an
+index under `site/`. `build --check` writes nothing and fails when a committed file differs.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import nbformat
+
+from .series import NOTEBOOKS, REPO_ROOT, SOURCE_DIR, output_path
+from .variants import DEFAULT_VARIANT, VARIANTS, Variant
+
+SITE_DIR = REPO_ROOT / "site"
+FENCE = re.compile(r"^```python(?:\s+(?P<tags>[\w ,-]+))?\s*$")
+ONLY = re.compile(r"^:::\s+(?P<variants>[\w ]+)$")
+SUBSTITUTION = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+
+
+class SourceError(ValueError):
+    """A source file breaks the format; the message names the file and line."""
+
+
+@dataclass
+class Cell:
+    kind: str  # "markdown" or "code"
+    text: str
+    tags: tuple[str, ...] = ()
+
+
+def _select_variant(lines: list[str], variant: str, where: str) -> list[str]:
+    """Drop the `::: names` blocks that are not for `variant`."""
+    kept, inside = [], None
+    for number, line in enumerate(lines, 1):
+        opened = ONLY.match(line)
+        if opened:
+            if inside is not None:
+                raise SourceError(f"{where}:{number}: a ::: block inside another")
+            names = opened["variants"].split()
+            unknown = set(names) - set(VARIANTS)
+            if unknown:
+                raise SourceError(f"{where}:{number}: unknown variant(s) {sorted(unknown)}")
+            inside = variant in names
+        elif line.strip() == ":::":
+            if inside is None:
+                raise SourceError(f"{where}:{number}: ::: closes nothing")
+            inside = None
+        elif inside is not False:
+            kept.append(line)
+    if inside is not None:
+        raise SourceError(f"{where}: a ::: block is not closed")
+    return kept
+
+
+def _substitute(text: str, profile: dict, where: str) -> str:
+    def value(match: re.Match) -> str:
+        key = match[1]
+        if key not in profile:
+            raise SourceError(f"{where}: {{{{ {key} }}}} is not a field of the variant profile")
+        return str(profile[key])
+
+    return SUBSTITUTION.sub(value, text)
+
+
+def parse(text: str, variant: Variant, where: str = "<source>") -> list[Cell]:
+    """The cells of one source, for one variant."""
+    lines = _select_variant(text.splitlines(), variant.name, where)
+    cells: list[Cell] = []
+    markdown: list[str] = []
+    code: list[str] | None = None
+    tags: tuple[str, ...] = ()
+
+    def flush_markdown() -> None:
+        body = "\n".join(markdown).strip("\n")
+        if body.strip():
+            cells.append(Cell("markdown", body))
+        markdown.clear()
+
+    for line in lines:
+        if code is None:
+            fence = FENCE.match(line)
+            if fence:
+                flush_markdown()
+                code, tags = [], tuple(t for t in re.split(r"[ ,]+", fence["tags"] or "") if t)
+            else:
+                markdown.append(line)
+        elif line.strip() == "```":
+            cells.append(Cell("code", "\n".join(code).strip("\n"), tags))
+            code = None
+        else:
+            code.append(line)
+    if code is not None:
+        raise SourceError(f"{where}: a ```python block is not closed")
+    flush_markdown()
+    profile = variant.as_dict()
+    for cell in cells:
+        cell.text = _substitute(cell.text, profile, where)
+    return cells
+
+
+def render(source: Path, variant: Variant) -> nbformat.NotebookNode:
+    cells = parse(source.read_text(), variant, str(source.relative_to(REPO_ROOT)))
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {
+        "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+        "language_info": {"name": "python"},
+    }
+    for index, cell in enumerate(cells):
+        made = (nbformat.v4.new_code_cell if cell.kind == "code" else nbformat.v4.new_markdown_cell)(cell.text)
+        made.id = f"{source.stem[:2]}-{index:02d}"  # stable ids: a rebuild changes nothing
+        if cell.tags:
+            made.metadata["tags"] = list(cell.tags)
+        nb.cells.append(made)
+    nbformat.validate(nb)
+    return nb
+
+
+def notebook_text(nb: nbformat.NotebookNode) -> str:
+    return nbformat.writes(nb) + "\n"
+
+
+def page_html(notebooks: list[nbformat.NotebookNode], title: str) -> str:
+    """One HTML page of several notebooks, through nbconvert."""
+    from nbconvert import HTMLExporter
+
+    whole = nbformat.v4.new_notebook(metadata={"title": title, **notebooks[0].metadata})
+    for nb in notebooks:
+        whole.cells.extend(nb.cells)
+    exporter = HTMLExporter(template_name="lab")
+    body, _ = exporter.from_notebook_node(whole, resources={"metadata": {"name": title}})
+    return body
+
+
+def index_notebook() -> nbformat.NotebookNode:
+    rows = "\n".join(
+        f"| [{v.title}]({v.name}.html) | {v.site} | {v.gpus} x {v.gpu_model} | `{v.image}` |"
+        for v in VARIANTS.values()
+    )
+    listing = "\n".join(f"{i + 1}. {n.title}" for i, n in enumerate(NOTEBOOKS))
+    text = (
+        "# ML experiment tracking on a GPU testbed\n\n"
+        "A hands-on series: reserve a GPU node on Chameleon, run an MLflow tracking stack on it, and "
+        "train a food-photo classifier with tracking, autologging and the model registry. Without "
+        "Chameleon, the MLflow half runs on one machine (`make run`).\n\n"
+        "Pick the page for the hardware you will reserve:\n\n"
+        "| variant | site | GPUs | disk image |\n|---|---|---|---|\n" + rows + "\n\n"
+        f"The series, in order:\n\n{listing}\n"
+    )
+    nb = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.id = "index"
+    nb.cells.append(cell)
+    return nb
+
+
+def expected_files() -> dict[Path, str]:
+    """Every generated file and the text the source gives it."""
+    files: dict[Path, str] = {}
+    for variant in VARIANTS.values():
+        rendered = []
+        for entry in NOTEBOOKS:
+            nb = render(SOURCE_DIR / entry.source, variant)
+            files[output_path(entry, variant.name)] = notebook_text(nb)
+            rendered.append(nb)
+        files[SITE_DIR / f"{variant.name}.html"] = page_html(rendered, f"ML experiment tracking: {variant.title}")
+    files[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
+    return files
+
+
+def stale_outputs(files: dict[Path, str]) -> list[Path]:
+    """Generated notebooks and pages lying around that no source produces any more."""
+    places = [SITE_DIR.glob("*.html")]
+    for variant in VARIANTS:
+        places += [(REPO_ROOT / "notebooks" / variant).glob("*.ipynb"),
+                   (REPO_ROOT / "workspace_mlflow" / variant).glob("*.ipynb")]
+    return sorted(p for found in places for p in found if p not in files)
+
+
+def build(check: bool = False, stream=None) -> int:
+    stream = stream or sys.stdout
+    files = expected_files()
+    changed = [p for p, text in files.items() if not p.exists() or p.read_text() != text]
+    stale = stale_outputs(files)
+    if check:
+        for path in changed:
+            print(f"differs from its source: {path.relative_to(REPO_ROOT)}", file=stream)
+        for path in stale:
+            print(f"no source makes it: {path.relative_to(REPO_ROOT)}", file=stream)
+        if changed or stale:
+            print("run `python -m chi_helpers build` and commit the result", file=stream)
+            return 1
+        print(f"all {len(files)} generated files match their sources", file=stream)
+        return 0
+    for path in changed:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(files[path])
+        print(f"wrote {path.relative_to(REPO_ROOT)}", file=stream)
+    for path in stale:
+        path.unlink()
+        print(f"removed {path.relative_to(REPO_ROOT)} (no source makes it)", file=stream)
+    print(f"{len(files)} files, {len(changed)} written (default page: {DEFAULT_VARIANT})", file=stream)
+    return 0

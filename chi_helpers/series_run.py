@@ -1,0 +1,161 @@
+"""`python -m chi_helpers run --target local`: execute the whole series in order with papermill.
+
+Prepares the small data set, brings the local stack up, runs every notebook of one variant
+(each in its own kernel, in its own folder, as a student would), brings the stack down unless
+asked to keep it, and writes the executed notebooks and a report to an output folder. The first
+notebook that fails stops the series: the ones after it depend on what it should have made.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import local_stack
+from .local_target import DEFAULT_WORKDIR, ensure_sample_data
+from .progress import Clock
+from .report import write_report
+from .series import NOTEBOOKS, Entry, output_path
+from .variants import DEFAULT_VARIANT
+
+
+@dataclass
+class NotebookResult:
+    name: str
+    side: str
+    status: str = "not run"  # passed, failed, not run
+    seconds: float = 0.0
+    failing_cell: int | None = None  # execution count of the cell that raised
+    error: str | None = None
+    runs: list[dict] = field(default_factory=list)
+    model_versions: list[dict] = field(default_factory=list)
+    output: str | None = None
+
+
+def _tracking_state(client) -> tuple[dict, dict]:
+    """Every run and every registered model version the server has now, by id."""
+    experiment_ids = [e.experiment_id for e in client.search_experiments()]
+    runs = {r.info.run_id: r for r in client.search_runs(experiment_ids)} if experiment_ids else {}
+    versions = {(v.name, v.version): v for v in client.search_model_versions()}
+    return runs, versions
+
+
+def _describe_run(run) -> dict:
+    metrics = run.data.metrics
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "status": run.info.status,
+        "params": len(run.data.params),
+        **{k: metrics[k] for k in ("val_accuracy", "test_accuracy", "early_stopping_epoch") if k in metrics},
+    }
+
+
+def _failure(error: Exception) -> tuple[int | None, str]:
+    """The failing cell's execution count and the error, from papermill's exception."""
+    count = getattr(error, "exec_count", None)
+    name, value = getattr(error, "ename", type(error).__name__), getattr(error, "evalue", str(error))
+    return count, f"{name}: {value}"
+
+
+def run_notebook(entry: Entry, variant: str, out_dir: Path, parameters: dict) -> NotebookResult:
+    import papermill as pm
+
+    source = output_path(entry, variant)
+    target = out_dir / entry.name
+    declared = pm.inspect_notebook(str(source))
+    given = {k: v for k, v in parameters.items() if k in declared}
+    result = NotebookResult(entry.name, entry.side, output=str(target))
+    start = time.monotonic()
+    try:
+        pm.execute_notebook(
+            str(source), str(target), parameters=given, cwd=str(source.parent),
+            kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
+        )
+        result.status = "passed"
+    except Exception as error:  # papermill's own errors, or a kernel that would not start
+        result.status = "failed"
+        result.failing_cell, result.error = _failure(error)
+    result.seconds = time.monotonic() - start
+    return result
+
+
+def run_series(
+    target: str = "local",
+    variant: str = DEFAULT_VARIANT,
+    workdir: str | os.PathLike = DEFAULT_WORKDIR,
+    output_dir: str | os.PathLike | None = None,
+    port: int = local_stack.DEFAULT_PORT,
+    keep_stack: bool = False,
+    parameters: dict | None = None,
+) -> dict:
+    """Run the series; return the report (also written to the output folder)."""
+    if target != "local":
+        raise ValueError(f"target {target!r} cannot run from here yet: use --target local")
+    from mlflow import MlflowClient
+
+    clock = Clock()
+    workdir = Path(workdir).resolve()
+    out_dir = Path(output_dir or workdir / "output" / time.strftime("%Y%m%d-%H%M%S")).resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = workdir / "Food-11"
+    ensure_sample_data(data_dir, clock)
+    stack = local_stack.up(workdir / "stack", port=port, clock=clock)
+
+    # The kernels inherit this environment: the venv's python first on PATH (for `!python`), and the
+    # two variables the node's Jupyter container sets.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    os.environ.update(MLFLOW_TRACKING_URI=stack.url, FOOD11_DATA_DIR=str(data_dir))
+    os.environ.setdefault("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    notebook_parameters = {
+        "variant": variant, "target": target, "mlflow_port": port, "local_workdir": str(workdir),
+        "data_dir": str(data_dir), "tracking_uri": stack.url, "keep_stack": True,  # the runner stops it
+        **(parameters or {}),
+    }
+    client = MlflowClient(stack.url)
+    results: list[NotebookResult] = []
+    failed = False
+    try:
+        for number, entry in enumerate(NOTEBOOKS, 1):
+            if failed:
+                results.append(NotebookResult(entry.name, entry.side))
+                continue
+            clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} ...")
+            runs_before, versions_before = _tracking_state(client)
+            result = run_notebook(entry, variant, out_dir, notebook_parameters)
+            runs_after, versions_after = _tracking_state(client)
+            result.runs = [_describe_run(r) for i, r in runs_after.items() if i not in runs_before]
+            result.model_versions = [
+                {"name": v.name, "version": v.version, "run_id": v.run_id}
+                for key, v in versions_after.items() if key not in versions_before
+            ]
+            results.append(result)
+            detail = f", cell {result.failing_cell}: {result.error}" if result.status == "failed" else ""
+            clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} {result.status} in {result.seconds:.1f} s"
+                      f" ({len(result.runs)} run(s)){detail}")
+            failed = result.status == "failed"
+    finally:
+        if not keep_stack:
+            local_stack.down(workdir / "stack", clock=clock)
+    report = {
+        "target": target,
+        "variant": variant,
+        "passed": not failed and all(r.status == "passed" for r in results),
+        "seconds": clock.elapsed(),
+        "mlflow_url": stack.url,
+        "stack_kept": keep_stack,
+        "output_dir": str(out_dir),
+        "notebooks": [asdict(r) for r in results],
+    }
+    paths = write_report(report, out_dir)
+    clock.say(f"series {'PASSED' if report['passed'] else 'FAILED'} in {report['seconds']:.0f} s; "
+              f"report: {paths['markdown']}")
+    return report
+
+
+def load_report(out_dir: str | os.PathLike) -> dict:
+    return json.loads((Path(out_dir) / "report.json").read_text())

@@ -1,0 +1,65 @@
+"""The GPU variants the series can run on, as data: one profile per variant, nothing else."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    title: str
+    site: str
+    reservation: str  # "node": a bare-metal host by name; "flavor": a GPU VM flavor
+    node_type: str  # bare-metal node type, or the VM flavor
+    default_node: str  # a host known to have two GPUs ("" when the student must pick one)
+    gpus: int
+    gpu_model: str
+    image: str
+    gpu_tool: str  # the command that shows the GPUs
+    metrics_library: str  # what MLflow's system metrics read GPU figures with
+    jupyter_dockerfile: str
+    docker_gpu_flags: str
+    fast_num_workers: int  # DataLoader workers for the utilization lesson on this node
+    needs_security_groups: bool
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+VARIANTS = {
+    "nvidia": Variant(
+        name="nvidia", title="NVIDIA A100 (compute_liqid)", site="CHI@TACC", reservation="node",
+        node_type="compute_liqid", default_node="liqid01", gpus=2, gpu_model="A100 40GB",
+        image="CC-Ubuntu24.04-CUDA", gpu_tool="nvidia-smi", metrics_library="nvidia-ml-py (pynvml)",
+        jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-cuda", docker_gpu_flags="--gpus all",
+        fast_num_workers=16, needs_security_groups=False,
+    ),
+    "amd": Variant(
+        name="amd", title="AMD MI100 (gpu_mi100)", site="CHI@TACC", reservation="node",
+        node_type="gpu_mi100", default_node="", gpus=2, gpu_model="MI100",
+        image="CC-Ubuntu24.04-ROCm", gpu_tool="rocm-smi", metrics_library="pyrsmi",
+        jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-rocm",
+        docker_gpu_flags="--device=/dev/kfd --device=/dev/dri --group-add video --group-add $(getent group render | cut -d: -f3)",
+        fast_num_workers=16, needs_security_groups=False,
+    ),
+    "vm": Variant(
+        name="vm", title="NVIDIA H100 virtual machine (KVM@TACC)", site="KVM@TACC", reservation="flavor",
+        node_type="g1.h100.pci.1", default_node="", gpus=1, gpu_model="H100",
+        image="CC-Ubuntu24.04-CUDA", gpu_tool="nvidia-smi", metrics_library="nvidia-ml-py (pynvml)",
+        jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-cuda", docker_gpu_flags="--gpus all",
+        fast_num_workers=16, needs_security_groups=True,
+    ),
+}
+DEFAULT_VARIANT = "nvidia"
+TARGETS = ("local", "chameleon")
+
+
+def get_variant(name: str) -> Variant:
+    try:
+        return VARIANTS[name]
+    except KeyError:
+        raise ValueError(
+            f"unknown variant {name!r}: set variant to one of {', '.join(map(repr, VARIANTS))} "
+            "in the parameters cell"
+        ) from None
