@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench stack-up stack-down clean
+.PHONY: install run test bench build check stack-up stack-down clean
 
 install: $(STAMP)
 
@@ -23,6 +23,12 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+build: $(STAMP)
+	$(PY) -m chi_helpers build
+
+check: $(STAMP)
+	$(PY) -m chi_helpers build --check
 
 bench: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m chi_helpers bench tracking
