@@ -33,6 +33,7 @@ def cmd_stack(args) -> int:
         stack = local_stack.up(
             args.state_dir, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
             artifacts_destination=args.artifacts_destination, timeout=args.timeout,
+            object_store=args.object_store,
         )
         print(f"MLFLOW_TRACKING_URI={stack.url}")
     elif args.action == "status":
@@ -100,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--port", type=int, default=8000)
     stack.add_argument("--backend-store-uri", help="default: SQLite in the state dir; e.g. postgresql://user@host/db")
     stack.add_argument("--artifacts-destination", help="default: a folder in the state dir; e.g. s3://bucket/")
+    stack.add_argument("--object-store", action="store_true",
+                       help="keep artifacts in a local S3 endpoint's bucket, as the node's stack does in MinIO")
     stack.add_argument("--timeout", type=float, default=120, help="seconds to wait for /health")
     stack.add_argument("--json", action="store_true", help="status as JSON")
     stack.set_defaults(func=cmd_stack)
@@ -143,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (StackError, food11.DataLayoutError, FileExistsError, ValueError) as error:
+    except (StackError, food11.DataLayoutError, FileExistsError, ValueError, RuntimeError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -19,7 +19,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import processes
+from . import local_object_store, processes
 from .progress import Clock
 
 STATE_FILE = "stack.json"
@@ -93,14 +93,23 @@ def up(
     env: dict | None = None,
     timeout: float = 120.0,
     clock: Clock | None = None,
+    object_store: bool = False,
 ) -> Stack:
     """Start the MLflow server in the background and wait until /health answers.
 
     Reuses the server already recorded in `state_dir` when it is healthy. `env` adds variables
-    to the server's environment (the S3 endpoint and its keys, say).
+    to the server's environment. `object_store` starts (or reuses) a local S3 endpoint and keeps
+    the artifacts in its bucket, as the node's stack keeps them in MinIO. A `postgresql://`
+    backend's database is made when it does not exist yet.
     """
     state_dir = Path(state_dir).resolve()
     clock = clock or Clock()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    if object_store:
+        # Before the server: a server restarted on the same store finds its artifacts there.
+        store = local_object_store.up(state_dir, clock=clock)
+        env = {**store.client_env(), **(env or {})}
+        artifacts_destination = artifacts_destination or f"s3://{store.bucket}/"
     current = read_state(state_dir)
     if current is not None:
         if current.is_healthy():
@@ -116,8 +125,12 @@ def up(
             f"listen there. Choose another port (--port {port + 1}) or stop what listens on it "
             f"(`ss -ltnp 'sport = :{port}'` shows it)."
         )
-    state_dir.mkdir(parents=True, exist_ok=True)
     backend_store_uri = backend_store_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
+    if backend_store_uri.startswith("postgresql"):
+        from . import postgres
+
+        if postgres.ensure_database(backend_store_uri):
+            clock.say(f"made database {backend_store_uri.rsplit('/', 1)[-1]}")
     if artifacts_destination is None:
         artifacts_destination = str(state_dir / "artifacts")
         Path(artifacts_destination).mkdir(exist_ok=True)
@@ -140,7 +153,7 @@ def up(
         artifacts_destination=artifacts_destination,
         log=str(log),
         started_at=time.time(),
-        env={k: v for k, v in (env or {}).items() if "SECRET" not in k and "PASSWORD" not in k},
+        env={k: v for k, v in (env or {}).items() if "SECRET" not in k and "PASSWORD" not in k and "KEY_ID" not in k},
     )
     # Recorded before it is ready, so `down` can stop a server that hangs while starting.
     _write_state(state_dir, stack)
@@ -183,13 +196,20 @@ def status(state_dir: str | os.PathLike) -> dict:
 
 
 def down(state_dir: str | os.PathLike, clock: Clock | None = None) -> bool:
-    """Stop the recorded server and all its children; data and log stay. False when nothing was recorded."""
+    """Stop the recorded server with all its children, then the local S3 endpoint if there is one.
+
+    The database and the log stay (the S3 endpoint keeps objects in memory only). False when
+    nothing was recorded.
+    """
     clock = clock or Clock()
     stack = read_state(state_dir)
+    store_stopped = local_object_store.down(state_dir) if stack is None else False
     if stack is None:
-        clock.say(f"no local stack recorded in {state_dir}: nothing to stop")
-        return False
+        clock.say(f"no local stack recorded in {state_dir}" + (": stopped its S3 endpoint" if store_stopped else ": nothing to stop"))
+        return store_stopped
     stopped = processes.stop_tree(stack.pid)
     _state_path(Path(state_dir)).unlink(missing_ok=True)
+    if local_object_store.down(state_dir):
+        clock.say("stopped the S3 endpoint")
     clock.say(f"stopped the MLflow server at {stack.url} ({stopped} process(es)); data kept in {state_dir}")
     return True

@@ -1,0 +1,55 @@
+"""The commands that run the tracking stack, the data job and the Jupyter container on a node.
+
+Only strings: the notebooks show them and send them to the node (`node.execute`), and a dry run
+prints them. The Compose files and Dockerfiles they use are in `docker/`.
+"""
+
+from __future__ import annotations
+
+from .variants import Variant
+
+REMOTE_REPO = "~/mlflow-chi"  # where the node setup puts this repository
+ENV_FILE = "~/mlflow-stack.env"  # the generated credentials; never leaves the node
+TRACKING = f"docker compose --env-file {ENV_FILE} -f {REMOTE_REPO}/docker/compose-tracking.yaml"
+DATA = f"docker compose -f {REMOTE_REPO}/docker/compose-data.yaml"
+
+
+def data_commands() -> list[str]:
+    return ["docker volume create food11", f"{DATA} up"]
+
+
+def tracking_up_commands(address: str) -> list[str]:
+    return [
+        f"python3 {REMOTE_REPO}/chi_helpers/credentials.py write {ENV_FILE} --address {address}",
+        f"{TRACKING} up -d --build --wait",
+        f"{TRACKING} ps",
+    ]
+
+
+def console_credentials_command() -> str:
+    """Prints the object store console's user and password (they live only in the env file)."""
+    return f"python3 {REMOTE_REPO}/chi_helpers/credentials.py show-console {ENV_FILE}"
+
+
+def jupyter_run_command(profile: Variant, address: str) -> str:
+    return (
+        "docker run -d --rm --name jupyter -p 8888:8888 --shm-size 16G "
+        f"{profile.docker_gpu_flags} "
+        f"-v {REMOTE_REPO}/workspace_mlflow:/home/jovyan/work -v food11:/mnt "
+        f"-e MLFLOW_TRACKING_URI=http://{address}:8000/ -e FOOD11_DATA_DIR=/mnt/Food-11 "
+        "jupyter-mlflow"
+    )
+
+
+def jupyter_url_command() -> str:
+    """Prints the Jupyter server's address with its access token."""
+    return "docker exec jupyter jupyter server list"
+
+
+def stop_commands() -> list[str]:
+    return ["docker stop jupyter || true", f"{TRACKING} down"]
+
+
+def ssh_tunnel(address: str) -> str:
+    """For those who want nothing but SSH open: the three UIs on this computer's localhost."""
+    return f"ssh -L 8000:127.0.0.1:8000 -L 8888:127.0.0.1:8888 -L 9001:127.0.0.1:9001 cc@{address}"

@@ -1,0 +1,157 @@
+"""The node's Compose files and Dockerfiles, parsed: pinned images, no default secrets, safe ports."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from chi_helpers import credentials, node_stack
+from chi_helpers.variants import VARIANTS
+
+DOCKER = Path(__file__).resolve().parent.parent / "docker"
+REPO = DOCKER.parent
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((DOCKER / name).read_text())
+
+
+TRACKING = load("compose-tracking.yaml")
+DATA = load("compose-data.yaml")
+ALL = {"compose-tracking.yaml": TRACKING, "compose-data.yaml": DATA}
+
+
+def services():
+    return [(f, n, s) for f, c in ALL.items() for n, s in c["services"].items()]
+
+
+@pytest.mark.parametrize("file,name,service", services(), ids=[f"{f}:{n}" for f, n, _ in services()])
+def test_every_image_is_pinned(file, name, service):
+    image = service["image"]
+    repo, _, tag = image.rpartition(":")
+    assert repo and tag and tag != "latest", f"{file}:{name} uses {image!r}: pin a version"
+    assert re.search(r"\d", tag), f"{file}:{name}: the tag {tag!r} names no version"
+
+
+def test_secrets_come_only_from_required_variables():
+    text = (DOCKER / "compose-tracking.yaml").read_text()
+    for variable in credentials.REQUIRED:
+        uses = re.findall(r"\$\{" + variable + r"([^}]*)\}", text)
+        assert uses, f"{variable} is not used"
+        assert all(u.startswith(":?") for u in uses), f"{variable} has a default or may be empty: {uses}"
+    for name, service in TRACKING["services"].items():
+        for key, value in (service.get("environment") or {}).items():
+            if re.search(r"PASSWORD|SECRET|_USER$|ACCESS_KEY", key):
+                assert str(value).startswith("${") and ":?" in str(value), f"{name}.{key} is not from a required variable"
+    # No literal credential anywhere: every password-like assignment refers to a variable.
+    assert not re.search(r"(PASSWORD|SECRET)[A-Z_]*: \"?[^$\s\"]", text)
+
+
+def test_postgres_is_not_published_and_the_s3_api_only_on_loopback():
+    assert "ports" not in TRACKING["services"]["postgres"]
+    minio_ports = TRACKING["services"]["minio"]["ports"]
+    assert "127.0.0.1:9000:9000" in minio_ports and "9001:9001" in minio_ports
+    assert TRACKING["services"]["mlflow"]["ports"] == ["8000:8000"]
+
+
+def test_mlflow_allows_only_the_hosts_it_is_given():
+    command = " ".join(TRACKING["services"]["mlflow"]["command"])
+    assert "--allowed-hosts=${MLFLOW_ALLOWED_HOSTS:?" in command
+    assert "*" not in credentials.allowed_hosts("129.114.1.2")
+    assert "--serve-artifacts" in command and "--artifacts-destination=s3://mlflow-artifacts/" in command
+    env = TRACKING["services"]["mlflow"]["environment"]
+    assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://") and env["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflowdb")
+    assert env["MLFLOW_S3_ENDPOINT_URL"] == "http://minio:9000"
+
+
+def test_long_running_services_have_healthchecks_and_restart_policies():
+    for name, service in TRACKING["services"].items():
+        if service.get("restart") == "no":
+            continue  # a one-shot job
+        assert service.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        assert service["restart"] in {"unless-stopped", "always", "on-failure"}
+
+
+def test_dependencies_wait_for_health_or_completion():
+    deps = TRACKING["services"]["mlflow"]["depends_on"]
+    assert deps["postgres"]["condition"] == "service_healthy"
+    assert deps["minio-create-bucket"]["condition"] == "service_completed_successfully"
+    bucket = TRACKING["services"]["minio-create-bucket"]
+    assert bucket["depends_on"]["minio"]["condition"] == "service_healthy"
+    assert "mc mb --ignore-existing store/mlflow-artifacts" in " ".join(bucket["command"])
+
+
+def test_volumes_are_named():
+    for file, compose in ALL.items():
+        declared = set(compose.get("volumes") or {})
+        for name, service in compose["services"].items():
+            for mount in service.get("volumes", []):
+                source = mount.split(":", 1)[0]
+                if source.startswith((".", "/")):
+                    assert mount.endswith(":ro"), f"{file}:{name} mounts {source} writable"
+                else:
+                    assert source in declared, f"{file}:{name} uses undeclared volume {source}"
+
+
+def test_the_data_job_runs_the_organizer_code_and_is_idempotent():
+    job = DATA["services"]["fetch-food11"]
+    assert "../chi_helpers/food11.py:/opt/food11.py:ro" in job["volumes"]
+    assert job["command"] == ["python", "/opt/food11.py", "fetch", "/data/Food-11"]
+    assert job["restart"] == "no" and DATA["volumes"]["food11"]["external"] is True
+    # fetch does nothing when the volume is complete: tested on real files in test_food11.py.
+    assert (REPO / "chi_helpers" / "food11.py").exists()
+
+
+def pinned_mlflow(text: str) -> set[str]:
+    return set(re.findall(r"mlflow==([\d.]+)", text))
+
+
+def test_one_mlflow_version_everywhere():
+    versions = pinned_mlflow((REPO / "requirements.txt").read_text())
+    assert len(versions) == 1
+    for dockerfile in ("Dockerfile.mlflow-server", "Dockerfile.jupyter-mlflow-cuda", "Dockerfile.jupyter-mlflow-rocm"):
+        assert pinned_mlflow((DOCKER / dockerfile).read_text()) == versions, dockerfile
+    assert TRACKING["services"]["mlflow"]["image"] == f"mlflow-server:{versions.pop()}"
+
+
+def test_server_image_carries_its_drivers_and_jupyter_images_their_gpu_library():
+    server = (DOCKER / "Dockerfile.mlflow-server").read_text()
+    assert "psycopg[binary]==" in server and "boto3==" in server
+    cuda = (DOCKER / "Dockerfile.jupyter-mlflow-cuda").read_text()
+    rocm = (DOCKER / "Dockerfile.jupyter-mlflow-rocm").read_text()
+    assert "nvidia-ml-py==" in cuda and "lightning==" in cuda
+    assert "pyrsmi==" in rocm and "ENV NCCL_P2P_DISABLE=1" in rocm and "lightning==" in rocm
+    for text in (server, cuda, rocm):
+        froms = re.findall(r"^FROM (\S+)", text, re.M)
+        assert froms and all(":" in f and not f.endswith(":latest") for f in froms)
+
+
+def test_each_variant_points_at_a_dockerfile_that_exists():
+    for profile in VARIANTS.values():
+        assert (REPO / profile.jupyter_dockerfile).exists(), profile.jupyter_dockerfile
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_jupyter_run_command_per_variant(variant):
+    profile = VARIANTS[variant]
+    command = node_stack.jupyter_run_command(profile, "129.114.1.2")
+    assert "--shm-size 16G" in command and "-p 8888:8888" in command
+    assert "-v ~/mlflow-chi/workspace_mlflow:/home/jovyan/work" in command and "-v food11:/mnt" in command
+    assert "-e MLFLOW_TRACKING_URI=http://129.114.1.2:8000/" in command
+    assert "-e FOOD11_DATA_DIR=/mnt/Food-11" in command
+    if variant == "amd":
+        assert "--device=/dev/kfd --device=/dev/dri --group-add video" in command
+        assert "--group-add $(getent group render | cut -d: -f3)" in command  # the host's render gid
+        assert "--gpus" not in command
+    else:
+        assert "--gpus all" in command and "/dev/kfd" not in command
+
+
+def test_tracking_commands_use_the_env_file():
+    up = node_stack.tracking_up_commands("129.114.1.2")
+    assert up[0].endswith("credentials.py write ~/mlflow-stack.env --address 129.114.1.2")
+    assert all("--env-file ~/mlflow-stack.env" in c for c in up[1:])
+    assert "--env-file ~/mlflow-stack.env" in node_stack.stop_commands()[1]

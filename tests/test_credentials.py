@@ -1,0 +1,50 @@
+"""The generated env file: random, private, and never rewritten once a stack uses it."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from chi_helpers import credentials
+
+
+def test_write_makes_random_private_credentials(tmp_path):
+    values, created = credentials.write(tmp_path / "a.env", "129.114.1.2")
+    other, _ = credentials.write(tmp_path / "b.env", "129.114.1.2")
+    assert created
+    assert set(credentials.REQUIRED) <= set(values)
+    for key in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER", "POSTGRES_USER"):
+        assert values[key] != other[key], f"{key} is the same in two deployments"
+    assert len(values["POSTGRES_PASSWORD"]) >= 24
+    assert stat.S_IMODE((tmp_path / "a.env").stat().st_mode) == 0o600
+    assert values["MLFLOW_ALLOWED_HOSTS"].startswith("129.114.1.2:8000,129.114.1.2,")
+    assert credentials.read(tmp_path / "a.env") == values
+
+
+def test_an_existing_file_is_never_rewritten(tmp_path):
+    path = tmp_path / "stack.env"
+    first, _ = credentials.write(path, "10.0.0.1")
+    before = path.read_bytes()
+    again, created = credentials.write(path, "129.114.9.9")  # even with another address
+    assert not created and again == first and path.read_bytes() == before
+
+
+def test_a_damaged_file_is_reported_and_left_alone(tmp_path):
+    path = tmp_path / "stack.env"
+    path.write_text("POSTGRES_USER=x\n")
+    with pytest.raises(ValueError, match="lacks POSTGRES_PASSWORD") as error:
+        credentials.write(path, "10.0.0.1")
+    assert "was not changed" in str(error.value) and path.read_text() == "POSTGRES_USER=x\n"
+
+
+def test_standalone_as_on_the_node(tmp_path):
+    script = credentials.__file__
+    run = lambda *a: subprocess.run([sys.executable, "-I", script, *a], capture_output=True, text=True)
+    first = run("write", str(tmp_path / "s.env"), "--address", "129.114.1.2")
+    assert first.returncode == 0 and "wrote new credentials" in first.stdout
+    assert "kept the existing" in run("write", str(tmp_path / "s.env")).stdout
+    console = run("show-console", str(tmp_path / "s.env"))
+    assert credentials.read(tmp_path / "s.env")["MINIO_ROOT_PASSWORD"] in console.stdout
