@@ -1,14 +1,19 @@
-"""`python -m chi_helpers bench tracking`: what tracking costs on this machine, as printed figures.
+"""`python -m chi_helpers bench tracking|server`: what tracking costs on this machine, as printed figures.
 
+`tracking`:
 - how long the local stack takes to answer /health from a cold start;
 - one `log_metrics` call of six values, synchronous and asynchronous (enqueue only);
 - per-epoch overhead: epochs of the real training code with and without tracking, on the same
   data and model, in alternating blocks; reported as the ratio of median epoch times, for
   asynchronous logging (what train_mlflow.py does) and synchronous logging.
+
+`server`: log_batch calls per second from one and from four client processes, with SQLite and
+with PostgreSQL (+ the S3 endpoint) behind the server, and the MB/s of an artifact upload.
 """
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -120,4 +125,84 @@ def bench_tracking(calls: int = 30, blocks: int = 3, epochs_per_block: int = 4, 
     print(f"untracked epoch ({image_size} px, {per_class * 11} photos):  {results['epoch_s']:.2f} s (median of {results['epochs_each']})")
     print(f"tracked / untracked epoch time, async:   {results['ratio_async']:.3f}  (target <= 1.01)")
     print(f"tracked / untracked epoch time, sync:    {results['ratio_sync']:.3f}")
+    return results
+
+
+def _log_batch_worker(args: tuple[str, str, int]) -> int:
+    """One client process: its own run, `calls` log_batch calls of ten metrics. Returns calls made."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    url, experiment_id, calls = args
+    client = MlflowClient(url)
+    run_id = client.create_run(experiment_id).info.run_id
+    for step in range(calls):
+        now = int(time.time() * 1000)
+        client.log_batch(run_id, metrics=[Metric(f"m{i}", float(step), now, step) for i in range(10)])
+    client.set_terminated(run_id)
+    return calls
+
+
+def log_batch_rate(url: str, clients: int, calls: int) -> float:
+    """log_batch calls per second, summed over `clients` concurrent client processes."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from mlflow import MlflowClient
+
+    experiment_id = MlflowClient(url).create_experiment(f"bench-{clients}-{time.monotonic_ns()}")
+    with ProcessPoolExecutor(clients) as pool:
+        list(pool.map(_log_batch_worker, [(url, experiment_id, 2)] * clients))  # warm up the workers
+        start = time.perf_counter()
+        done = sum(pool.map(_log_batch_worker, [(url, experiment_id, calls)] * clients))
+    return done / (time.perf_counter() - start)
+
+
+def artifact_upload_rate(url: str, megabytes: int, folder: Path) -> float:
+    """MB/s of one `log_artifact` through the server (proxied artifacts) to its destination."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(url)
+    run_id = client.create_run(client.create_experiment(f"bench-upload-{time.monotonic_ns()}")).info.run_id
+    blob = folder / "blob.bin"
+    blob.write_bytes(os.urandom(megabytes << 20))
+    start = time.perf_counter()
+    client.log_artifact(run_id, str(blob))
+    return megabytes / (time.perf_counter() - start)
+
+
+def bench_server(calls: int = 200, megabytes: int = 64,
+                 postgres_uri: str = "postgresql+psycopg://postgres@127.0.0.1:5432") -> dict:
+    """Tracking-server throughput: SQLite vs PostgreSQL backends, and artifact upload to S3."""
+    from . import postgres
+
+    clock = Clock()
+    results: dict[str, dict] = {}
+    with tempfile.TemporaryDirectory(prefix="bench-server-") as tmp:
+        tmp = Path(tmp)
+        database = f"{postgres_uri}/mlflow_bench_{os.getpid()}"
+        setups = {
+            "SQLite + local folder": dict(),
+            "PostgreSQL + S3": dict(backend_store_uri=database, object_store=True),
+        }
+        try:
+            for name, options in setups.items():
+                state_dir = tmp / name.split()[0]
+                stack = local_stack.up(state_dir, port=processes.free_port(), clock=clock, **options)
+                try:
+                    row = {}
+                    for clients in (1, 4):
+                        row[f"{clients} client(s)"] = log_batch_rate(stack.url, clients, calls)
+                        clock.say(f"{name}: {clients} client(s): {row[f'{clients} client(s)']:.0f} log_batch/s")
+                    row["upload MB/s"] = artifact_upload_rate(stack.url, megabytes, tmp)
+                    clock.say(f"{name}: artifact upload {row['upload MB/s']:.0f} MB/s")
+                    results[name] = row
+                finally:
+                    local_stack.down(state_dir, clock=clock)
+        finally:
+            postgres.drop_database(database)
+    print()
+    print(f"{'backend':<24}{'log_batch/s, 1 client':>24}{'4 clients':>12}{'upload MB/s':>14}")
+    for name, row in results.items():
+        print(f"{name:<24}{row['1 client(s)']:>24.0f}{row['4 client(s)']:>12.0f}{row['upload MB/s']:>14.0f}")
+    print(f"(each log_batch: 10 metrics; {calls} calls per client; one {megabytes} MB artifact through the server)")
     return results

@@ -70,8 +70,11 @@ def cmd_data(args) -> int:
 def cmd_bench(args) -> int:
     from . import bench
 
-    bench.bench_tracking(calls=args.calls, blocks=args.blocks, epochs_per_block=args.epochs,
-                         image_size=args.image_size, per_class=args.per_class)
+    if args.what == "server":
+        bench.bench_server(calls=args.calls or 200, megabytes=args.megabytes)
+    else:
+        bench.bench_tracking(calls=args.calls or 30, blocks=args.blocks, epochs_per_block=args.epochs,
+                             image_size=args.image_size, per_class=args.per_class)
     return 0
 
 
@@ -117,8 +120,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.set_defaults(func=cmd_data)
 
     bench = sub.add_parser("bench", help="print what tracking costs on this machine")
-    bench.add_argument("what", choices=["tracking"])
-    bench.add_argument("--calls", type=int, default=30, help="log_metrics calls per mode")
+    bench.add_argument("what", choices=["tracking", "server"])
+    bench.add_argument("--calls", type=int, help="tracking: log_metrics calls per mode (30); server: log_batch calls per client (200)")
+    bench.add_argument("--megabytes", type=int, default=64, help="server: size of the uploaded artifact")
     bench.add_argument("--blocks", type=int, default=3, help="alternating blocks of untracked/tracked epochs")
     bench.add_argument("--epochs", type=int, default=4, help="epochs per block")
     bench.add_argument("--image-size", type=int, default=64)

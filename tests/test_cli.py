@@ -46,3 +46,10 @@ def test_bench_tracking_prints_its_figures():
                    r"async: +\d\.\d{3}",
                    r"sync: +\d\.\d{3}"):
         assert re.search(figure, done.stdout), figure
+
+
+def test_bench_server_prints_both_backends():
+    done = cli("bench", "server", "--calls", "3", "--megabytes", "1")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert re.search(r"SQLite \+ local folder +\d+ +\d+ +\d+", done.stdout), done.stdout[-1500:]
+    assert re.search(r"PostgreSQL \+ S3 +\d+ +\d+ +\d+", done.stdout), done.stdout[-1500:]
