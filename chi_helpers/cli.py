@@ -85,11 +85,46 @@ def cmd_build(args) -> int:
 
 
 def cmd_run(args) -> int:
+    if args.target == "chameleon":
+        from . import chameleon_plan
+        from .parameters import default_user
+        from .variants import get_variant
+
+        profile = get_variant(args.gpu)
+        user = args.user or default_user()
+        actions = chameleon_plan.plan(
+            profile,
+            # Only an absent option takes the default: an empty one is a mistake to report.
+            lease_name=f"mlflow_{user}" if args.lease_name is None else args.lease_name,
+            node_name=profile.default_node if args.node is None else args.node,
+            project=args.project, site=args.site or profile.site, user=user, repo=args.repo, ref=args.ref,
+        )
+        print(chameleon_plan.render(actions))
+        if not args.dry_run:
+            print("\nerror: this version prints the chameleon plan only; run it with --dry-run, or run the "
+                  "notebooks with target = 'chameleon' from Chameleon's JupyterHub", file=sys.stderr)
+            return 2
+        print(f"\n--dry-run: {len(actions)} steps printed, none made")
+        return 0
     from .series_run import run_series
 
     report = run_series(target=args.target, variant=args.gpu, workdir=args.workdir, output_dir=args.output,
                         port=args.port, keep_stack=args.keep_stack)
     return 0 if report["passed"] else 1
+
+
+def cmd_release(args) -> int:
+    from . import release
+    from .parameters import default_user
+
+    user = args.user or default_user()
+    if args.project:
+        from chi import context
+
+        context.use_project(args.project)
+        context.use_site(args.site)
+    release.release(args.lease_name or f"mlflow_{user}", user, stop_stack=not args.keep_stack)
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -134,13 +169,29 @@ def build_parser() -> argparse.ArgumentParser:
     build.set_defaults(func=cmd_build)
 
     run = sub.add_parser("run", help="run the whole series with papermill and write a report")
-    run.add_argument("--target", choices=["local"], default="local")
+    run.add_argument("--target", choices=["local", "chameleon"], default="local")
     run.add_argument("--gpu", choices=sorted(VARIANTS), default=DEFAULT_VARIANT, help="which variant's notebooks")
     run.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="data and stack (default: %(default)s)")
     run.add_argument("--output", type=Path, help="executed notebooks and report (default: WORKDIR/output/<time>)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--keep-stack", action="store_true", help="leave the MLflow server running afterwards")
+    chameleon = run.add_argument_group("chameleon target")
+    chameleon.add_argument("--node", help="the host to reserve by name (default: the variant's)")
+    chameleon.add_argument("--lease-name", help="default: mlflow_<user>")
+    chameleon.add_argument("--project", default="", help="your Chameleon project, e.g. CHI-123456")
+    chameleon.add_argument("--site", help="default: the variant's site")
+    chameleon.add_argument("--user", help="default: this login's name")
+    chameleon.add_argument("--repo", help="a git URL the node clones the series from (default: upload this checkout)")
+    chameleon.add_argument("--ref", default="main", help="the branch or tag of --repo")
+    chameleon.add_argument("--dry-run", action="store_true", help="print every cloud call and node command; make none")
     run.set_defaults(func=cmd_run)
+    release = sub.add_parser("release", help="on Chameleon: stop the stack, delete the server and its IP, end the lease")
+    release.add_argument("--lease-name", help="default: mlflow_<user>")
+    release.add_argument("--user", help="default: this login's name")
+    release.add_argument("--project", help="your Chameleon project (credentials come from the OS_* variables)")
+    release.add_argument("--site", default="CHI@TACC")
+    release.add_argument("--keep-stack", action="store_true", help="do not try to stop the containers first")
+    release.set_defaults(func=cmd_release)
     return parser
 
 
@@ -150,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (StackError, food11.DataLayoutError, FileExistsError, ValueError, RuntimeError) as error:
+    except (StackError, food11.DataLayoutError, FileExistsError, ValueError, RuntimeError) as error:  # ParameterError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

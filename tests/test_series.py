@@ -46,7 +46,7 @@ def text_of(variant: str) -> str:
 
 def test_each_variant_gets_only_its_own_instructions():
     nvidia, amd, vm = text_of("nvidia"), text_of("amd"), text_of("vm")
-    assert "nvidia-ctk runtime configure" in nvidia and "nvidia-ctk" not in amd
+    assert "watch -n 1 nvidia-smi" in nvidia and "watch -n 1 nvidia-smi" not in amd
     assert "rocm-smi" in amd and "rocm-smi" not in nvidia and "rocm-smi" not in vm
     assert "add_flavor_reservation" in vm and "add_flavor_reservation" not in nvidia + amd
     assert "add_node_reservation" in nvidia and "add_node_reservation" in amd and "add_node_reservation" not in vm

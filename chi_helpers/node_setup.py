@@ -1,0 +1,126 @@
+"""Setting up the node, per variant: an ordered list of shell steps, each safe to run twice.
+
+Each step either checks before it acts (`command -v docker || ...`, `test -d ... ||`) or does
+something that leaves the same state when repeated (`usermod -aG`, `apt-get install`, a JSON merge).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .node_stack import REMOTE_REPO
+from .variants import Variant
+
+ARCHIVE = "/tmp/mlflow-chi.tar.gz"  # where an uploaded checkout lands on the node
+NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+
+
+@dataclass(frozen=True)
+class Step:
+    title: str
+    command: str
+    upload: str | None = None  # a local file sent to ARCHIVE before the command runs
+
+
+def materials(repo: str | None = None, ref: str = "main", archive: str | None = None) -> list[Step]:
+    """The series' files on the node: cloned from `repo` at `ref`, or, when the series has no
+    public home, this checkout packed into `archive` (see `pack_checkout`) and uploaded."""
+    if repo:
+        return [Step(
+            f"this series' files at {REMOTE_REPO}, from {repo} at {ref}",
+            f"test -d {REMOTE_REPO}/.git || git clone {repo} {REMOTE_REPO}; "
+            f"git -C {REMOTE_REPO} fetch --depth 1 origin {ref} && git -C {REMOTE_REPO} checkout --force FETCH_HEAD",
+        )]
+    return [Step(
+        f"this series' files at {REMOTE_REPO}, uploaded from this checkout",
+        f"mkdir -p {REMOTE_REPO} && tar -xzf {ARCHIVE} -C {REMOTE_REPO} && rm {ARCHIVE}",
+        upload=archive or "<this checkout, packed with git archive>",
+    )]
+
+
+def pack_checkout(path: str, ref: str = "HEAD") -> str:
+    """This checkout's committed files at `ref`, as a tar.gz to upload."""
+    import subprocess
+
+    from .series import REPO_ROOT
+
+    subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", "-o", path, ref], check=True)
+    return path
+
+
+DOCKER = [
+    Step("Docker", "command -v docker >/dev/null || curl -sSL https://get.docker.com/ | sudo sh"),
+    Step("you in the docker group", "sudo groupadd -f docker && sudo usermod -aG docker $USER"),
+]
+
+NVIDIA = [
+    Step("the NVIDIA container toolkit's package signing key",
+         f"curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | sudo gpg --batch --yes --dearmor -o {NVIDIA_KEYRING}"),
+    Step("the NVIDIA container toolkit's apt repository",
+         "curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | "
+         f"sed 's#deb https://#deb [signed-by={NVIDIA_KEYRING}] https://#g' | "
+         "sudo tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null"),
+    Step("the toolkit, jq and nvtop", "sudo apt-get update -q && sudo apt-get install -yq nvidia-container-toolkit jq nvtop"),
+    Step("Docker's NVIDIA runtime", "sudo nvidia-ctk runtime configure --runtime=docker"),
+    # A known toolkit issue: with the systemd cgroup driver, containers lose their GPUs after a while.
+    Step("Docker's cgroupfs driver",
+         "sudo sh -c 'jq \". + {\\\"exec-opts\\\": [\\\"native.cgroupdriver=cgroupfs\\\"]}\" /etc/docker/daemon.json "
+         "> /etc/docker/daemon.json.new && mv /etc/docker/daemon.json.new /etc/docker/daemon.json'"),
+    Step("Docker restarted with both", "sudo systemctl restart docker"),
+    Step("the GPUs, as the host sees them", "nvidia-smi"),
+]
+
+AMD = [
+    Step("what nvtop needs to build", "sudo apt-get update -q && sudo apt-get install -yq cmake g++ git libncurses-dev libdrm-dev libsystemd-dev"),
+    Step("nvtop with AMD support",
+         "command -v nvtop >/dev/null || (rm -rf /tmp/nvtop && git clone --depth 1 https://github.com/Syllo/nvtop.git /tmp/nvtop "
+         "&& cmake -S /tmp/nvtop -B /tmp/nvtop/build -DAMDGPU_SUPPORT=ON -DNVIDIA_SUPPORT=OFF -DINTEL_SUPPORT=OFF "
+         "&& sudo cmake --build /tmp/nvtop/build --target install)"),
+    Step("the GPUs, as the host sees them", "rocm-smi"),
+]
+
+
+def image_build(profile: Variant) -> Step:
+    """Starts the Jupyter image build in the background (slow; ROCm very slow), its log on the node."""
+    return Step(
+        "the Jupyter image build, started in the background",
+        f"docker image inspect jupyter-mlflow >/dev/null 2>&1 || (cd {REMOTE_REPO} && "
+        f"nohup sg docker -c 'docker build -t jupyter-mlflow -f {profile.jupyter_dockerfile} .' "
+        "> ~/jupyter-build.log 2>&1 &)",
+    )
+
+
+def image_build_check() -> Step:
+    return Step("has the image build finished?",
+                "docker image inspect jupyter-mlflow >/dev/null 2>&1 && echo 'jupyter-mlflow is built' "
+                "|| (echo 'still building (or failed): the last lines of its log'; tail -n 5 ~/jupyter-build.log)")
+
+
+def steps(profile: Variant, repo: str | None = None, ref: str = "main", archive: str | None = None) -> list[Step]:
+    """Everything the node needs, in order, for this variant."""
+    gpu = AMD if profile.gpu_tool == "rocm-smi" else NVIDIA
+    return [*materials(repo, ref, archive), *DOCKER, *gpu, image_build(profile)]
+
+
+class StepFailed(RuntimeError):
+    """A setup step failed; the message holds the command and the tail of its output."""
+
+
+def run(node, step: Step) -> str:
+    """Run one step on the node (a python-chi Server), its output shown as it comes.
+
+    A failing command raises StepFailed with the command and the tail of its output.
+    """
+    from invoke.exceptions import UnexpectedExit
+
+    print(f"--- {step.title}\n$ {step.command}", flush=True)
+    if step.upload:
+        node.upload(step.upload, ARCHIVE)
+    try:
+        result = node.execute(step.command)
+    except UnexpectedExit as failure:
+        result = failure.result
+        output = (result.stdout or "") + (result.stderr or "")
+        tail = "\n".join(output.strip().splitlines()[-15:])
+        raise StepFailed(f"step '{step.title}' failed with status {result.exited}:\n$ {step.command}\n{tail}") from None
+    return (result.stdout or "") + (result.stderr or "")
