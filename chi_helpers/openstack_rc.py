@@ -1,0 +1,45 @@
+"""Credentials for a headless run: the OS_* variables of an OpenStack RC file, put in the environment.
+
+python-chi reads them from there, so no widget or prompt is needed. A password-prompting RC file
+(`export OS_PASSWORD=$OS_PASSWORD_INPUT`) only works when OS_PASSWORD is already set; an
+application-credential RC file needs nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+from pathlib import Path
+
+EXPORT = re.compile(r"^\s*export\s+(OS_[A-Z0-9_]+)=(.*)$")
+
+
+def parse(text: str) -> dict[str, str]:
+    values = {}
+    for line in text.splitlines():
+        match = EXPORT.match(line)
+        if match:
+            words = shlex.split(match[2], comments=True)
+            values[match[1]] = words[0] if words else ""
+    return values
+
+
+def load(path: str | os.PathLike) -> list[str]:
+    """Put the file's OS_* variables in this process's environment; returns their names."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no OpenStack RC file at {path}: download one from the site's dashboard "
+                                "(Identity > Application Credentials is best for headless runs)")
+    values = parse(path.read_text())
+    if "OS_AUTH_URL" not in values:
+        raise ValueError(f"{path} sets no OS_AUTH_URL: is it an OpenStack RC file?")
+    unresolved = [k for k, v in values.items() if v.startswith("$")]
+    for key in unresolved:
+        if key == "OS_PASSWORD" and os.environ.get("OS_PASSWORD"):
+            del values[key]  # the password prompt's answer is already in the environment
+        else:
+            raise ValueError(f"{path} asks for {key} interactively ({values[key]}); for a headless run use an "
+                             "application-credential RC file, or set OS_PASSWORD in the environment first")
+    os.environ.update(values)
+    return sorted(values)
