@@ -21,8 +21,7 @@ CLASSES = [
     "Noodles/Pasta", "Rice", "Seafood", "Soup", "Vegetable/Fruit",
 ]
 # Split folder -> number of photos in the full data set.
-SPLITS = {"training": 9866, "validation": 3430, "evaluation": 3347}
-TOTAL_PHOTOS = sum(SPLITS.values())  # 16,643
+SPLITS = {"training": 9866, "validation": 3430, "evaluation": 3347}  # 16,643 in all
 
 DOWNLOAD_URL = "https://nyu.box.com/shared/static/m5kvcl25hfpljul3elhu6xz8y2w61op4.zip"
 

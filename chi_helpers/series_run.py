@@ -8,7 +8,6 @@ notebook that fails stops the series: the ones after it depend on what it should
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -156,6 +155,3 @@ def run_series(
               f"report: {paths['markdown']}")
     return report
 
-
-def load_report(out_dir: str | os.PathLike) -> dict:
-    return json.loads((Path(out_dir) / "report.json").read_text())
