@@ -50,7 +50,7 @@ def test_each_variant_gets_only_its_own_instructions():
     assert "rocm-smi" in amd and "rocm-smi" not in nvidia and "rocm-smi" not in vm
     assert "add_flavor_reservation" in vm and "add_flavor_reservation" not in nvidia + amd
     assert "add_node_reservation" in nvidia and "add_node_reservation" in amd and "add_node_reservation" not in vm
-    assert "SecurityGroup" in vm and "SecurityGroup" not in nvidia + amd
+    assert "we open SSH (22), Jupyter (8888)" in vm and "we open SSH (22)" not in nvidia + amd
     assert "compute_liqid" in nvidia and "gpu_mi100" not in nvidia
     assert "{{" not in nvidia + amd + vm  # every substitution was made
 
