@@ -123,7 +123,8 @@ def cmd_release(args) -> int:
 
         context.use_project(args.project)
         context.use_site(args.site)
-    release.release(args.lease_name or f"mlflow_{user}", user, stop_stack=not args.keep_stack)
+    lease_name = f"mlflow_{user}" if args.lease_name is None else args.lease_name
+    release.release(lease_name, user, stop_stack=not args.keep_stack)
     return 0
 
 

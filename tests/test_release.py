@@ -106,3 +106,12 @@ def test_bad_names_are_refused_before_any_call(cloud):
     with pytest.raises(parameters.ParameterError, match="lease_name is empty"):
         release.release("", "abc123")
     assert cloud.nova.mock_calls == [] and cloud.blazar.mock_calls == []
+
+
+def test_cli_refuses_an_empty_lease_name_before_any_call():
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "chi_helpers", "release", "--lease-name", "", "--user", "abc123"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "lease_name is empty" in done.stderr
