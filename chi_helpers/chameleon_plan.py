@@ -51,7 +51,8 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
         add("01_reserve", "python-chi",
             f"lease.Lease({lease_name!r}, start_date={start:%Y-%m-%d %H:%M} UTC, end_date={end:%Y-%m-%d %H:%M} UTC)"
             f".add_flavor_reservation(name={profile.node_type!r}, amount=1)")
-    add("01_reserve", "python-chi", ".submit(idempotent=True, wait_for_active=False)  # then wait for ACTIVE")
+    add("01_reserve", "python-chi", ".submit(idempotent=True, wait_for_active=False)")
+    add("01_reserve", "here", "wait until the lease is ACTIVE (a line a minute saying when it starts)")
 
     add("02_server", "python-chi", *context)
     placement = ("reservation_id=<the lease's host reservation>" if profile.reservation == "node"
@@ -79,13 +80,8 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
         if entry.side != "node":
             continue
         notebook = entry.name.removesuffix(".ipynb")
-        inside = f"work/{profile.name}/{entry.name}"
-        add(notebook, "node",
-            f"docker exec -w /home/jovyan/work/{profile.name} jupyter papermill {entry.name} "
-            f"executed/{entry.name} -p variant {profile.name} -p target chameleon",
-            )
-        add(notebook, "here", f"download {node_stack.REMOTE_REPO}/workspace_mlflow/{profile.name}/executed/{entry.name} "
-                              f"into the report ({inside} in the container)")
+        add(notebook, "node", node_stack.node_notebook_command(profile.name, entry.name))
+        add(notebook, "here", f"download {node_stack.executed_path(profile.name, entry.name)} into the report")
 
     add("08_release", "python-chi", *context)
     add("08_release", "node", *node_stack.stop_commands())

@@ -84,6 +84,11 @@ def cmd_build(args) -> int:
     return build.build(check=args.check)
 
 
+def lease_name_from(args, user: str) -> str:
+    # Only an absent option takes the default: an empty one is a mistake to report.
+    return f"mlflow_{user}" if args.lease_name is None else args.lease_name
+
+
 def cmd_run(args) -> int:
     if args.target == "chameleon":
         from . import chameleon_plan
@@ -94,18 +99,22 @@ def cmd_run(args) -> int:
         user = args.user or default_user()
         actions = chameleon_plan.plan(
             profile,
-            # Only an absent option takes the default: an empty one is a mistake to report.
-            lease_name=f"mlflow_{user}" if args.lease_name is None else args.lease_name,
+            lease_name=lease_name_from(args, user),
             node_name=profile.default_node if args.node is None else args.node,
             project=args.project, site=args.site or profile.site, user=user, repo=args.repo, ref=args.ref,
         )
-        print(chameleon_plan.render(actions))
-        if not args.dry_run:
-            print("\nerror: this version prints the chameleon plan only; run it with --dry-run, or run the "
-                  "notebooks with target = 'chameleon' from Chameleon's JupyterHub", file=sys.stderr)
-            return 2
-        print(f"\n--dry-run: {len(actions)} steps printed, none made")
-        return 0
+        if args.dry_run:
+            print(chameleon_plan.render(actions))
+            print(f"\n--dry-run: {len(actions)} steps printed, none made")
+            return 0
+        from .chameleon_run import run_chameleon
+
+        report = run_chameleon(
+            profile, lease_name_from(args, user), profile.default_node if args.node is None else args.node,
+            args.project, args.site or profile.site, user, rc_file=args.rc_file or "", repo=args.repo or "",
+            ref=args.ref, output_dir=args.output, lease_timeout=args.lease_timeout * 60,
+        )
+        return 0 if report["passed"] else 1
     from .series_run import run_series
 
     report = run_series(target=args.target, variant=args.gpu, workdir=args.workdir, output_dir=args.output,
@@ -184,6 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     chameleon.add_argument("--user", help="default: this login's name")
     chameleon.add_argument("--repo", help="a git URL the node clones the series from (default: upload this checkout)")
     chameleon.add_argument("--ref", default="main", help="the branch or tag of --repo")
+    chameleon.add_argument("--rc-file", help="an OpenStack RC file with your credentials (default: the OS_* environment)")
+    chameleon.add_argument("--lease-timeout", type=float, default=70, help="minutes to wait for the lease to start")
     chameleon.add_argument("--dry-run", action="store_true", help="print every cloud call and node command; make none")
     run.set_defaults(func=cmd_run)
     release = sub.add_parser("release", help="on Chameleon: stop the stack, delete the server and its IP, end the lease")

@@ -46,6 +46,17 @@ def jupyter_url_command() -> str:
     return "docker exec jupyter jupyter server list"
 
 
+def executed_path(variant: str, notebook: str) -> str:
+    """Where a node-side notebook's executed copy lands on the node."""
+    return f"{REMOTE_REPO}/workspace_mlflow/{variant}/executed/{notebook}"
+
+
+def node_notebook_command(variant: str, notebook: str) -> str:
+    """Runs a node-side notebook with papermill inside the Jupyter container, as a student would run it there."""
+    return (f"docker exec -w /home/jovyan/work/{variant} jupyter papermill {notebook} executed/{notebook} "
+            f"-p variant {variant} -p target chameleon")
+
+
 def stop_commands() -> list[str]:
     return ["docker stop jupyter || true", f"{TRACKING} down"]
 

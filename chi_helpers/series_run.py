@@ -117,36 +117,47 @@ def run_series(
     }
     client = MlflowClient(stack.url)
     results: list[NotebookResult] = []
-    failed = False
     try:
         for number, entry in enumerate(NOTEBOOKS, 1):
-            if failed:
+            if results and results[-1].status != "passed":
                 results.append(NotebookResult(entry.name, entry.side))
                 continue
-            clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} ...")
-            runs_before, versions_before = _tracking_state(client)
-            result = run_notebook(entry, variant, out_dir, notebook_parameters)
-            runs_after, versions_after = _tracking_state(client)
-            result.runs = [_describe_run(r) for i, r in runs_after.items() if i not in runs_before]
-            result.model_versions = [
-                {"name": v.name, "version": v.version, "run_id": v.run_id}
-                for key, v in versions_after.items() if key not in versions_before
-            ]
-            results.append(result)
-            detail = f", cell {result.failing_cell}: {result.error}" if result.status == "failed" else ""
-            clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} {result.status} in {result.seconds:.1f} s"
-                      f" ({len(result.runs)} run(s)){detail}")
-            failed = result.status == "failed"
+            results.append(step(clock, number, entry, client,
+                                lambda: run_notebook(entry, variant, out_dir, notebook_parameters)))
     finally:
         if not keep_stack:
             local_stack.down(workdir / "stack", clock=clock)
+    return finish(clock, target, variant, stack.url, keep_stack, out_dir, results)
+
+
+def step(clock: Clock, number: int, entry: Entry, client, run) -> NotebookResult:
+    """Run one notebook with a progress line, and note the MLflow runs and model versions it made."""
+    clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} ...")
+    runs_before, versions_before = _tracking_state(client) if client else ({}, {})
+    result = run()
+    if client:
+        runs_after, versions_after = _tracking_state(client)
+        result.runs = [_describe_run(r) for i, r in runs_after.items() if i not in runs_before]
+        result.model_versions = [
+            {"name": v.name, "version": v.version, "run_id": v.run_id}
+            for key, v in versions_after.items() if key not in versions_before
+        ]
+    detail = f", cell {result.failing_cell}: {result.error}" if result.status == "failed" else ""
+    clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} {result.status} in {result.seconds:.1f} s"
+              f" ({len(result.runs)} run(s)){detail}")
+    return result
+
+
+def finish(clock: Clock, target: str, variant: str, mlflow_url: str | None, stack_kept: bool, out_dir: Path,
+           results: list[NotebookResult]) -> dict:
+    """The report of a series run, written to `out_dir` and returned."""
     report = {
         "target": target,
         "variant": variant,
-        "passed": not failed and all(r.status == "passed" for r in results),
+        "passed": len(results) == len(NOTEBOOKS) and all(r.status == "passed" for r in results),
         "seconds": clock.elapsed(),
-        "mlflow_url": stack.url,
-        "stack_kept": keep_stack,
+        "mlflow_url": mlflow_url or "(never reached)",
+        "stack_kept": stack_kept,
         "output_dir": str(out_dir),
         "notebooks": [asdict(r) for r in results],
     }

@@ -1,0 +1,128 @@
+"""`python -m chi_helpers run --target chameleon ...`: the series on a real node, headless.
+
+The testbed-side notebooks run here with papermill (`target = "chameleon"`); between reserving and
+launching, the run waits for the lease to turn ACTIVE. The node-side notebooks run with papermill
+inside the node's Jupyter container, over SSH, and their executed copies come back into the same
+report as the local target's. `--dry-run` (chameleon_plan) prints all of it instead.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+
+import nbformat
+
+from . import node_server, node_stack, reservation
+from .local_target import DEFAULT_WORKDIR
+from .progress import Clock
+from .series import NOTEBOOKS
+from .series_run import NotebookResult, finish, run_notebook, step
+from .variants import Variant
+
+
+def wait_for_active(lease_name: str, timeout: float, poll: float = 60, clock: Clock | None = None,
+                    sleep=time.sleep):
+    """The lease, once ACTIVE; a line per poll says when a PENDING one starts; ERROR raises."""
+    clock = clock or Clock()
+    deadline = clock.elapsed() + timeout
+    while True:
+        lease = reservation.existing_lease(lease_name)
+        if lease is None:
+            raise reservation.ReservationError(f"no lease named {lease_name}: run the reservation step first")
+        if lease.status == "ACTIVE":
+            clock.say(reservation.describe(lease))
+            return lease
+        clock.say(reservation.describe(lease))  # raises for ERROR
+        if clock.elapsed() >= deadline:
+            raise reservation.ReservationError(
+                f"lease {lease_name} is still {lease.status} after {timeout / 60:.0f} min of waiting. Run the "
+                "same command again once it has started: every step before this one is safe to repeat."
+            )
+        sleep(poll)
+
+
+def notebook_failure(path: Path) -> tuple[int | None, str | None]:
+    """The execution count and error of the first cell of an executed notebook that raised."""
+    for cell in nbformat.read(path, as_version=4).cells:
+        for output in cell.get("outputs", []):
+            if output.get("output_type") == "error":
+                return cell.get("execution_count"), f"{output.get('ename')}: {output.get('evalue')}"
+    return None, None
+
+
+def run_node_notebook(node, variant: str, notebook: str, out_dir: Path) -> NotebookResult:
+    """Run one node-side notebook in the node's Jupyter container and fetch its executed copy."""
+    from invoke.exceptions import UnexpectedExit
+
+    result = NotebookResult(notebook, "node", output=str(out_dir / notebook))
+    start = time.monotonic()
+    try:
+        node.execute(node_stack.node_notebook_command(variant, notebook))
+        result.status = "passed"
+    except UnexpectedExit as failure:
+        result.status = "failed"
+        output = (failure.result.stdout or "") + (failure.result.stderr or "")
+        result.error = "\n".join(output.strip().splitlines()[-5:]) or f"exit status {failure.result.exited}"
+    result.seconds = time.monotonic() - start
+    try:
+        with node.ssh_connection() as connection:
+            connection.get(node_stack.executed_path(variant, notebook).replace("~/", ""), str(out_dir / notebook))
+    except Exception as error:  # the notebook may not have been written at all
+        result.output = None
+        result.error = (result.error or "") + f"\n(could not fetch the executed notebook: {error})"
+        return result
+    if result.status == "failed":
+        cell, error = notebook_failure(out_dir / notebook)
+        result.failing_cell, result.error = cell, error or result.error
+    return result
+
+
+def connect(user: str):
+    """The series' server (already up after notebook 02), as a python-chi Server."""
+    import chi.server
+
+    server = chi.server.get_server(node_server.server_name(user))
+    if server is None or server.get_floating_ip() is None:
+        raise node_server.ServerError(f"{node_server.server_name(user)} is not up with a public address: "
+                                      "run the server notebook (02) again")
+    return server
+
+
+def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, project: str, site: str, user: str,
+                  rc_file: str = "", repo: str = "", ref: str = "main", output_dir: str | os.PathLike | None = None,
+                  lease_timeout: float = 3600, mlflow_port: int = 8000) -> dict:
+    """Run the whole series on Chameleon; the report has the same shape as the local target's."""
+    from mlflow import MlflowClient
+
+    clock = Clock()
+    out_dir = Path(output_dir or DEFAULT_WORKDIR / "output" / f"chameleon-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    parameters = {"variant": profile.name, "target": "chameleon", "project": project, "site": site, "user": user,
+                  "lease_name": lease_name, "node_name": node_name, "rc_file": rc_file, "repo": repo, "ref": ref}
+    results: list[NotebookResult] = []
+    node = client = url = None
+    for number, entry in enumerate(NOTEBOOKS, 1):
+        if results and results[-1].status != "passed":
+            results.append(NotebookResult(entry.name, entry.side))
+            continue
+        if entry.side == "testbed":
+            result = step(clock, number, entry, client, lambda: run_notebook(entry, profile.name, out_dir, parameters))
+        else:
+            result = step(clock, number, entry, client, lambda: run_node_notebook(node, profile.name, entry.name, out_dir))
+        results.append(result)
+        if result.status != "passed":
+            continue
+        try:
+            if entry.source.startswith("01_"):
+                wait_for_active(lease_name, lease_timeout, clock=clock)
+            elif entry.source.startswith("04_"):
+                node = connect(user)
+                url = f"http://{node.get_floating_ip()}:{mlflow_port}"
+                client = MlflowClient(url)
+            elif entry.source.startswith("07_"):
+                client = None  # the release notebook deletes the server: nothing left to ask
+        except (reservation.ReservationError, node_server.ServerError) as error:
+            result.status, result.error = "failed", str(error)
+    return finish(clock, "chameleon", profile.name, url, False, out_dir, results)
