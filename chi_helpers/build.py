@@ -167,23 +167,48 @@ def index_notebook() -> nbformat.NotebookNode:
     return nb
 
 
+STYLE = re.compile(r"<style[^>]*>(?P<css>.*?)</style>\n?", re.S)
+SHARED_CSS = "nbconvert.css"
+
+
+def share_styles(pages: dict[Path, str]) -> dict[Path, str]:
+    """Move the <style> blocks every page has into one stylesheet that each page links to.
+
+    nbconvert embeds the same ~6,000 lines of CSS in every page; a style only some pages have stays inline.
+    """
+    blocks = {path: [m[0] for m in STYLE.finditer(html)] for path, html in pages.items()}
+    common = [b for b in next(iter(blocks.values())) if all(b in found for found in blocks.values())]
+    if not common:
+        return pages
+    out = {SITE_DIR / SHARED_CSS: "".join(STYLE.fullmatch(block)["css"] for block in common)}
+    link = f'<link rel="stylesheet" href="{SHARED_CSS}">\n'
+    for path, html in pages.items():
+        first = html.index(common[0])
+        for block in common:
+            html = html.replace(block, "", 1)
+        out[path] = html[:first] + link + html[first:]
+    return out
+
+
 def expected_files() -> dict[Path, str]:
     """Every generated file and the text the source gives it."""
     files: dict[Path, str] = {}
+    pages: dict[Path, str] = {}
     for variant in VARIANTS.values():
         rendered = []
         for entry in NOTEBOOKS:
             nb = render(SOURCE_DIR / entry.source, variant)
             files[output_path(entry, variant.name)] = notebook_text(nb)
             rendered.append(nb)
-        files[SITE_DIR / f"{variant.name}.html"] = page_html(rendered, f"ML experiment tracking: {variant.title}")
-    files[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
+        pages[SITE_DIR / f"{variant.name}.html"] = page_html(rendered, f"ML experiment tracking: {variant.title}")
+    pages[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
+    files.update(share_styles(pages))
     return files
 
 
 def stale_outputs(files: dict[Path, str]) -> list[Path]:
     """Generated notebooks and pages lying around that no source produces any more."""
-    places = [SITE_DIR.glob("*.html")]
+    places = [SITE_DIR.glob("*.html"), SITE_DIR.glob("*.css")]
     for variant in VARIANTS:
         places += [(REPO_ROOT / "notebooks" / variant).glob("*.ipynb"),
                    (REPO_ROOT / "workspace_mlflow" / variant).glob("*.ipynb")]

@@ -49,6 +49,7 @@ def test_each_variant_gets_only_its_own_instructions():
     assert "watch -n 1 nvidia-smi" in nvidia and "watch -n 1 nvidia-smi" not in amd
     assert "rocm-smi" in amd and "rocm-smi" not in nvidia and "rocm-smi" not in vm
     assert "add_flavor_reservation" in vm and "add_flavor_reservation" not in nvidia + amd
+    assert "We reserve the host\n**by name**" in nvidia and "by name" not in vm.split("# Bring up")[0]
     assert "add_node_reservation" in nvidia and "add_node_reservation" in amd and "add_node_reservation" not in vm
     assert "we open SSH (22), Jupyter (8888)" in vm and "we open SSH (22)" not in nvidia + amd
     assert "compute_liqid" in nvidia and "gpu_mi100" not in nvidia
@@ -61,6 +62,14 @@ def test_pages_exist_for_every_variant_and_the_index_links_them():
         page = (build.SITE_DIR / f"{variant}.html").read_text()
         assert "Reserve the GPU host" in page and "The model registry, through the API" in page
         assert f'href="{variant}.html"' in index
+
+
+def test_pages_share_one_stylesheet():
+    css = (build.SITE_DIR / build.SHARED_CSS).read_text()
+    assert ".jp-Cell" in css and "<style" not in css
+    for page in ["index", *VARIANTS]:
+        html = (build.SITE_DIR / f"{page}.html").read_text()
+        assert '<link rel="stylesheet" href="nbconvert.css">' in html and "<style" not in html
 
 
 @pytest.mark.parametrize("source,message", [
