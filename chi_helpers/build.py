@@ -6,7 +6,10 @@ A source (`notebooks/source/NN_name.md`) is Markdown:
   tags it `parameters` for papermill); every other fence stays Markdown, to be read, not run;
 - the Markdown between two code cells is one Markdown cell;
 - `::: nvidia vm` ... `:::` keeps what it wraps only in those variants' notebooks;
-- `{{ key }}` is replaced by that field of the variant's profile (`chi_helpers.variants`).
+- `{{ key }}` is replaced by that field of the variant's profile (`chi_helpers.variants`);
+- the setup cell (`SETUP_CELL`) is put right after the parameters cell of every notebook: it
+  finds the copy of the series the notebook sits in and readies the kernel (`kernel_setup`), so a
+  notebook opened where the package is not installed (Chameleon's JupyterHub) runs from its top.
 
 `build` writes each variant's notebooks (testbed-side ones under `notebooks/<variant>/`, node-side
 ones under `workspace_mlflow/<variant>/`) and one HTML page of the whole series per variant plus an
@@ -112,8 +115,32 @@ def parse(text: str, variant: Variant, where: str = "<source>") -> list[Cell]:
     return cells
 
 
-def render(source: Path, variant: Variant) -> nbformat.NotebookNode:
-    cells = parse(source.read_text(), variant, str(source.relative_to(REPO_ROOT)))
+SETUP_CELL = '''\
+# Setup: find the copy of the series this notebook is in, make its helpers importable, and install
+# what this kernel lacks (the first time only). Safe to run again.
+import sys
+from pathlib import Path
+
+series = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "chi_helpers" / "kernel_setup.py").is_file()), None)
+if series is None:
+    raise RuntimeError(f"{Path.cwd()} is not in a copy of the series: open this notebook from its own folder")
+sys.path.insert(0, str(series))
+from chi_helpers import kernel_setup
+
+kernel_setup.prepare(target, side="{side}")'''
+
+
+def with_setup_cell(cells: list[Cell], side: str, where: str) -> list[Cell]:
+    """The cells with the setup cell right after the parameters cell."""
+    at = next((i for i, c in enumerate(cells) if "parameters" in c.tags), None)
+    if at is None:
+        raise SourceError(f"{where}: no ```python parameters block: every notebook needs one")
+    return [*cells[:at + 1], Cell("code", SETUP_CELL.format(side=side), ("setup",)), *cells[at + 1:]]
+
+
+def render(source: Path, variant: Variant, side: str = "testbed") -> nbformat.NotebookNode:
+    where = str(source.relative_to(REPO_ROOT))
+    cells = with_setup_cell(parse(source.read_text(), variant, where), side, where)
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -167,6 +194,40 @@ def index_notebook() -> nbformat.NotebookNode:
     return nb
 
 
+START_HERE = REPO_ROOT / "START_HERE.ipynb"
+
+
+def start_here_notebook() -> nbformat.NotebookNode:
+    """The notebook at the top of a student's copy: which folder to open for which hardware."""
+    rows = "\n".join(
+        f"| {v.title} | {v.site} | {v.gpus} x {v.gpu_model} | [notebooks/{v.name}/00_introduction.ipynb]"
+        f"(notebooks/{v.name}/00_introduction.ipynb) |"
+        for v in VARIANTS.values()
+    )
+    testbed = ", ".join(f"`{e.name}`" for e in NOTEBOOKS if e.side == "testbed")
+    node = ", ".join(f"`{e.name}`" for e in NOTEBOOKS if e.side == "node")
+    text = (
+        "# Start here: ML experiment tracking on a GPU testbed\n\n"
+        "This copy of the series holds one set of notebooks per kind of GPU host. Open the first "
+        "notebook of the one your class (or your reservation) uses, and go on in order:\n\n"
+        "| hardware | site | GPUs | open first |\n|---|---|---|---|\n" + rows + "\n\n"
+        f"{testbed} run here, in this Jupyter server: they reserve the host, set it up and start "
+        f"the tracking stack. {node} run on the node, in the Jupyter container that notebook 04 starts "
+        "there (they are in `workspace_mlflow/<variant>/`).\n\n"
+        "Every notebook starts with a **parameters** cell and a setup cell: run them first. The setup "
+        "cell installs what this server lacks, once. The notebooks work on Chameleon by default "
+        "(`target = \"chameleon\"`); without Chameleon, set `target = \"local\"` to run the MLflow "
+        "half on this machine's CPU.\n"
+    )
+    nb = nbformat.v4.new_notebook()
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
+    cell = nbformat.v4.new_markdown_cell(text)
+    cell.id = "start-here"
+    nb.cells.append(cell)
+    return nb
+
+
 STYLE = re.compile(r"<style[^>]*>(?P<css>.*?)</style>\n?", re.S)
 SHARED_CSS = "nbconvert.css"
 
@@ -197,12 +258,13 @@ def expected_files() -> dict[Path, str]:
     for variant in VARIANTS.values():
         rendered = []
         for entry in NOTEBOOKS:
-            nb = render(SOURCE_DIR / entry.source, variant)
+            nb = render(SOURCE_DIR / entry.source, variant, entry.side)
             files[output_path(entry, variant.name)] = notebook_text(nb)
             rendered.append(nb)
         pages[SITE_DIR / f"{variant.name}.html"] = page_html(rendered, f"ML experiment tracking: {variant.title}")
     pages[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
     files.update(share_styles(pages))
+    files[START_HERE] = notebook_text(start_here_notebook())
     return files
 
 

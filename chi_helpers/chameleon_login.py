@@ -1,0 +1,127 @@
+"""Before the first python-chi call: can this kernel sign in to Chameleon, in which project, with which key pair?
+
+python-chi reads the `OS_*` environment once, at its first import, so an RC file is loaded here,
+before that import (and python-chi's context is re-read if it was imported already). Then:
+
+- a way to sign in: Chameleon's JupyterHub session, an application credential, a password or a
+  token, from the environment or the RC file;
+- a project: an application credential is bound to its own (and Keystone refuses a project-scoped
+  token for one, so no project is set); otherwise the `project` parameter, `OS_PROJECT_NAME`, or,
+  when a person has the notebook open, python-chi's project widget;
+- for the notebooks that make or reach the server, the key pair python-chi creates it with
+  (`OS_KEYPAIR_PUBLIC_KEY`) and logs in with (`OS_KEYPAIR_PRIVATE_KEY`); the hub provides one.
+
+Anything missing stops here with what to set, before a request is sent.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import openstack_rc
+
+RC_HELP = ("download an application-credential RC file from the site's dashboard (Identity > Application "
+           "Credentials) and set rc_file = '<its path>' in the parameters cell (or export its OS_* variables "
+           "before starting Jupyter)")
+
+
+class LoginError(RuntimeError):
+    """Chameleon cannot be signed in to as things are; the message says what to set."""
+
+
+@dataclass(frozen=True)
+class Login:
+    method: str  # how python-chi will sign in
+    source: str  # where that came from
+    project: str | None  # what to give context.use_project (None: set none)
+    choose_project: bool  # no project known: a person picks one with python-chi's widget
+    key_pair: str | None  # "<name>: <public key file>", when asked for
+
+    def describe(self) -> str:
+        project = (self.project or ("chosen with the widget below" if self.choose_project
+                                    else "the one the credential belongs to"))
+        lines = [f"sign in: {self.method}, from {self.source}", f"project: {project}"]
+        if self.key_pair:
+            lines.append(f"key pair: {self.key_pair}")
+        return "\n".join(lines)
+
+
+def person_at_the_notebook() -> bool:
+    """True in a kernel that a Jupyter server started for an open notebook (it sets JPY_SESSION_NAME);
+    False under papermill or another headless runner, where no one can answer a widget."""
+    return bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def _method(env: dict) -> str:
+    auth_type = env.get("OS_AUTH_TYPE", "").lower()
+    has = lambda *keys: all(env.get(k) for k in keys)  # noqa: E731
+    if auth_type == "v3applicationcredential" or (not auth_type and has("OS_APPLICATION_CREDENTIAL_ID")):
+        if has("OS_APPLICATION_CREDENTIAL_SECRET") and (has("OS_APPLICATION_CREDENTIAL_ID")
+                                                        or has("OS_APPLICATION_CREDENTIAL_NAME", "OS_USERNAME")):
+            return "application credential"
+        raise LoginError("the application credential is incomplete: it needs OS_APPLICATION_CREDENTIAL_ID and "
+                         f"OS_APPLICATION_CREDENTIAL_SECRET. Its RC file has both: {RC_HELP}")
+    if auth_type == "v3oidcaccesstoken":
+        if env.get("JUPYTERHUB_API_URL") or env.get("OS_ACCESS_TOKEN"):
+            return "Chameleon's JupyterHub session" if env.get("JUPYTERHUB_API_URL") else "an access token"
+        raise LoginError("OS_AUTH_TYPE asks for an access token, but there is none (OS_ACCESS_TOKEN): on Chameleon's "
+                         f"JupyterHub restart your server from the hub's control panel; elsewhere {RC_HELP}")
+    if auth_type in ("password", "v3password", "v3oidcpassword") or (not auth_type and has("OS_PASSWORD")):
+        if has("OS_USERNAME", "OS_PASSWORD"):
+            return "user name and password"
+        raise LoginError("password sign-in needs OS_USERNAME and OS_PASSWORD; a headless run is simpler with an "
+                         f"application credential: {RC_HELP}")
+    if auth_type in ("token", "v3token") and env.get("OS_TOKEN"):
+        return "a Keystone token"
+    raise LoginError("this kernel has no Chameleon credentials: no rc_file, and no OS_* variables to sign in with. "
+                     f"On Chameleon's JupyterHub they come with your session; elsewhere {RC_HELP}.")
+
+
+def _key_pair(env: dict) -> str:
+    public, private = env.get("OS_KEYPAIR_PUBLIC_KEY", ""), env.get("OS_KEYPAIR_PRIVATE_KEY", "")
+    name = env.get("OS_KEYPAIR_NAME") or (f"{env['USER']}-jupyter" if env.get("USER") else "")
+    problems = []
+    if not public or not Path(public).expanduser().is_file():
+        problems.append(f"OS_KEYPAIR_PUBLIC_KEY ({public or 'not set'}) is not a public key file")
+    if not private or not Path(private).expanduser().is_file():
+        problems.append(f"OS_KEYPAIR_PRIVATE_KEY ({private or 'not set'}) is not a private key file")
+    if not name:
+        problems.append("no key pair name: set OS_KEYPAIR_NAME (or USER)")
+    if problems:
+        raise LoginError(
+            "python-chi needs an SSH key pair to create the server and log in to it: " + "; ".join(problems) + ". "
+            "Chameleon's JupyterHub sets both to ~/work/.ssh/id_rsa[.pub]; for a headless run make one "
+            "(ssh-keygen -t rsa -f ~/.ssh/id_rsa) and add export OS_KEYPAIR_PRIVATE_KEY=... and "
+            "export OS_KEYPAIR_PUBLIC_KEY=... to the RC file."
+        )
+    return f"{name}: {public}"
+
+
+def check(rc_file: str = "", project: str = "", need_key_pair: bool = False) -> Login:
+    """Load `rc_file` (if any) into the environment, then check sign-in, project and key pair."""
+    source = "the OS_* environment"
+    if rc_file:
+        try:
+            openstack_rc.load(rc_file)
+        except (FileNotFoundError, ValueError) as error:
+            raise LoginError(f"rc_file: {error}") from None
+        source = f"rc_file {rc_file}"
+    elif os.environ.get("JUPYTERHUB_API_URL"):
+        source = "Chameleon's JupyterHub"
+    env = dict(os.environ)
+    method = _method(env)
+    if method == "application credential":
+        chosen, choose = None, False  # bound to its project; a project scope would be refused
+    else:
+        chosen = project or env.get("OS_PROJECT_NAME") or None
+        choose = chosen is None and not env.get("OS_PROJECT_ID")
+        if choose and not person_at_the_notebook():
+            raise LoginError("no project is set, and no one is at this notebook to pick one from the widget: set "
+                             "project = 'CHI-123456' (your project's name) in the parameters cell, or OS_PROJECT_NAME")
+    login = Login(method, source, chosen, choose, _key_pair(env) if need_key_pair else None)
+    if "chi.context" in sys.modules:
+        sys.modules["chi.context"].reset()  # imported before this: have it read the environment again
+    return login
