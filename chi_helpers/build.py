@@ -135,7 +135,7 @@ def with_setup_cell(cells: list[Cell], side: str, where: str) -> list[Cell]:
     at = next((i for i, c in enumerate(cells) if "parameters" in c.tags), None)
     if at is None:
         raise SourceError(f"{where}: no ```python parameters block: every notebook needs one")
-    return [*cells[:at + 1], Cell("code", SETUP_CELL.format(side=side), ("setup",)), *cells[at + 1:]]
+    return [*cells[:at + 1], Cell("code", SETUP_CELL.replace("{side}", side), ("setup",)), *cells[at + 1:]]
 
 
 def render(source: Path, variant: Variant, side: str = "testbed") -> nbformat.NotebookNode:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import food11, sample_data
+from . import food11
 from .progress import Clock
 from .series import REPO_ROOT
 
@@ -45,5 +45,7 @@ def ensure_sample_data(data_dir: Path, clock: Clock) -> dict:
         if data_dir.exists() and any(data_dir.iterdir()):
             raise  # something else is stored there: say so rather than write over it
         clock.say(f"data: making the small Food-11-shaped data set in {data_dir}")
+        from . import sample_data  # Pillow: needed only when the sample is made
+
         counts = sample_data.make_sample_dataset(data_dir)
     return counts

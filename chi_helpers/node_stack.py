@@ -36,6 +36,8 @@ def jupyter_run_command(profile: Variant, address: str) -> str:
         "docker run -d --rm --name jupyter -p 8888:8888 --shm-size 16G "
         f"{profile.docker_gpu_flags} "
         f"-v {REMOTE_REPO}/workspace_mlflow:/home/jovyan/work -v food11:/mnt "
+        # The helpers of the same copy as the notebooks, found by their setup cell (a parent folder).
+        f"-v {REMOTE_REPO}/chi_helpers:/home/jovyan/chi_helpers:ro -e PYTHONPATH=/home/jovyan "
         f"-e MLFLOW_TRACKING_URI=http://{address}:8000/ -e FOOD11_DATA_DIR=/mnt/Food-11 "
         "jupyter-mlflow"
     )

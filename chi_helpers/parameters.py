@@ -20,6 +20,10 @@ class ParameterError(ValueError):
 
 def default_user() -> str:
     """The name that makes this student's resources theirs (their netID on Chameleon's JupyterHub)."""
+    # Chameleon's JupyterHub names the student in NB_USER; its container's USER is the image's "jovyan".
+    hub_user = os.environ.get("NB_USER", "")
+    if hub_user and hub_user != "jovyan":
+        return hub_user
     return os.environ.get("USER") or getpass.getuser()
 
 

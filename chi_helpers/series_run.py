@@ -74,6 +74,7 @@ def run_notebook(entry: Entry, variant: str, out_dir: Path, parameters: dict) ->
         pm.execute_notebook(
             str(source), str(target), parameters=given, cwd=str(source.parent),
             kernel_name="python3", progress_bar=False, request_save_on_cell_execute=False,
+            kernel_manager_class="chi_helpers.quiet_kernel.QuietKernelManager",
         )
         result.status = "passed"
     except Exception as error:  # papermill's own errors, or a kernel that would not start

@@ -114,6 +114,9 @@ def test_one_mlflow_version_everywhere():
     assert len(versions) == 1
     for dockerfile in ("Dockerfile.mlflow-server", "Dockerfile.jupyter-mlflow-cuda", "Dockerfile.jupyter-mlflow-rocm"):
         assert pinned_mlflow((DOCKER / dockerfile).read_text()) == versions, dockerfile
+    # What a notebook's setup cell installs where a kernel lacks MLflow: the same client.
+    from chi_helpers.kernel_setup import PROVIDERS
+    assert pinned_mlflow(PROVIDERS["mlflow"]) == versions
     assert TRACKING["services"]["mlflow"]["image"] == f"mlflow-server:{versions.pop()}"
 
 
@@ -142,6 +145,9 @@ def test_jupyter_run_command_per_variant(variant):
     assert "-v ~/mlflow-chi/workspace_mlflow:/home/jovyan/work" in command and "-v food11:/mnt" in command
     assert "-e MLFLOW_TRACKING_URI=http://129.114.1.2:8000/" in command
     assert "-e FOOD11_DATA_DIR=/mnt/Food-11" in command
+    # One version of the helpers: the node's copy, next to the notebooks, not one baked into the image.
+    assert "-v ~/mlflow-chi/chi_helpers:/home/jovyan/chi_helpers:ro" in command
+    assert "-e PYTHONPATH=/home/jovyan" in command
     if variant == "amd":
         assert "--device=/dev/kfd --device=/dev/dri --group-add video" in command
         assert "--group-add $(getent group render | cut -d: -f3)" in command  # the host's render gid

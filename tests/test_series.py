@@ -34,8 +34,37 @@ def test_each_notebook_opens_with_a_parameters_cell_and_has_no_outputs(entry, va
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
     assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
-    assert f'variant = "{variant}"' in code[0].source and 'target = "local"' in code[0].source
+    # What a student opens on the JupyterHub or on the node does the real thing.
+    assert f'variant = "{variant}"' in code[0].source and 'target = "chameleon"' in code[0].source
     assert all(c.outputs == [] and c.execution_count is None for c in code)
+
+
+@pytest.mark.parametrize("entry,variant", BUILT, ids=[f"{v}/{e.name}" for e, v in BUILT])
+def test_the_setup_cell_comes_right_after_the_parameters(entry, variant):
+    code = [c for c in nbformat.read(output_path(entry, variant), as_version=4).cells if c.cell_type == "code"]
+    assert code[1].metadata.get("tags") == ["setup"]
+    assert f'kernel_setup.prepare(target, side="{entry.side}")' in code[1].source
+    # Nothing before it imports the helpers: a kernel without the package must get this far.
+    assert "chi_helpers" not in code[0].source
+
+
+def test_start_here_links_each_variants_first_notebook():
+    nb = nbformat.read(build.START_HERE, as_version=4)
+    text = "\n".join(c.source for c in nb.cells)
+    for variant in VARIANTS:
+        link = f"notebooks/{variant}/00_introduction.ipynb"
+        assert f"]({link})" in text and (REPO_ROOT / link).is_file()
+
+
+def test_the_chameleon_cells_check_the_login_before_python_chi():
+    for variant in VARIANTS:
+        for entry in NOTEBOOKS:
+            if entry.side != "testbed":
+                continue
+            for cell in nbformat.read(output_path(entry, variant), 4).cells:
+                if cell.cell_type == "code" and "from chi import" in cell.source:
+                    assert "chameleon_login.check(" in cell.source, (variant, entry.name)
+                    assert cell.source.index("chameleon_login.check(") < cell.source.index("from chi import")
 
 
 def text_of(variant: str) -> str:
@@ -133,7 +162,7 @@ def test_a_notebook_runs_alone_with_the_papermill_cli(tmp_path):
     source = output_path(NOTEBOOKS[0], "nvidia")
     done = subprocess.run(
         [sys.executable, "-m", "papermill", str(source), str(tmp_path / "out.ipynb"), "-p", "variant", "amd",
-         "--cwd", str(source.parent)],
+         "-p", "target", "local", "--cwd", str(source.parent)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]

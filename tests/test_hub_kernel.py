@@ -1,0 +1,164 @@
+"""Where the student stands: a kernel like the one Chameleon's JupyterHub gives, in a fresh copy.
+
+The stand-in kernel's Python has only what the hub has (Jupyter's kernel, ipywidgets, python-chi
+with Chameleon's Blazar client): not this project, not MLflow, not PyTorch. It is registered as its
+own Jupyter kernel, and the JupyterHub-side notebooks of every variant run in it from a copy of
+the repository's files, as Trovi's launch makes one. Their setup cell must make the helpers
+importable and install what the local target needs; a chameleon-target notebook without
+credentials must stop at its login check with what to set.
+
+The hub's base environment is built once and kept in ~/.cache/chi-series (about a minute the first
+time); each session works on a copy of it, so the notebooks' own installs are exercised every time.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+
+from chi_helpers import processes
+from chi_helpers.series import NOTEBOOKS, REPO_ROOT
+from chi_helpers.variants import VARIANTS
+
+# What Chameleon's JupyterHub kernel has (SPEC: "Chameleon's JupyterHub and Trovi").
+HUB_PACKAGES = ["python-chi==1.2.10", "chameleon-blazarclient==3.6.5", "ipykernel>=6.29", "ipywidgets>=8"]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chi-series"
+KERNEL = "hub-standin"
+QUIET = "chi_helpers.quiet_kernel.QuietKernelManager"
+TESTBED = [entry for entry in NOTEBOOKS if entry.side == "testbed"]
+
+
+def base_environment() -> Path:
+    """The hub's packages in a virtual environment, built once per set of packages."""
+    key = hashlib.sha256(json.dumps([sys.version, HUB_PACKAGES]).encode()).hexdigest()[:12]
+    base = CACHE / f"hub-kernel-{key}"
+    if (base / ".complete").exists():
+        return base
+    building = CACHE / f"hub-kernel-{key}.building-{os.getpid()}"
+    shutil.rmtree(building, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
+    subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", *HUB_PACKAGES],
+                   check=True, timeout=900)
+    (building / ".complete").touch()
+    shutil.rmtree(base, ignore_errors=True)
+    building.rename(base)
+    # A venv's scripts name its folder; `python -m ...` (all this test uses) does not care.
+    return base
+
+
+@pytest.fixture(scope="session")
+def hub(tmp_path_factory):
+    """(python, JUPYTER_PATH entry) of a fresh stand-in kernel, registered under the name KERNEL."""
+    root = tmp_path_factory.mktemp("hub")
+    venv = root / "venv"
+    shutil.copytree(base_environment(), venv, symlinks=True)
+    python = venv / "bin" / "python"
+    subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(root / "jupyter"), "--name", KERNEL],
+                   check=True, capture_output=True)
+    return python, root / "jupyter" / "share" / "jupyter"
+
+
+@pytest.fixture(scope="session")
+def fresh_copy(tmp_path_factory) -> Path:
+    """The repository's files (tracked and new, not ignored) in a folder of their own, as Trovi checks out."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    copy = tmp_path_factory.mktemp("trovi") / "series"
+    for name in filter(None, listed):
+        if (REPO_ROOT / name).is_file():
+            (copy / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO_ROOT / name, copy / name)
+    return copy
+
+
+@pytest.fixture
+def hub_env(hub, monkeypatch):
+    """This process's environment as the hub's would be: no venv of ours, no series settings."""
+    _, jupyter_path = hub
+    monkeypatch.setenv("JUPYTER_PATH", str(jupyter_path))
+    ours = str(Path(sys.executable).parent)
+    monkeypatch.setenv("PATH", os.pathsep.join(p for p in os.environ["PATH"].split(os.pathsep) if p != ours))
+    for key in list(os.environ):
+        if key.startswith(("OS_", "MLFLOW_", "FOOD11_")) or key in ("PYTHONPATH", "VIRTUAL_ENV", "JPY_SESSION_NAME"):
+            monkeypatch.delenv(key)
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+
+
+def run(copy: Path, folder: str, notebook: str, out: Path, parameters: dict):
+    source = copy / folder / notebook
+    return pm.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(source.parent),
+                               kernel_name=KERNEL, progress_bar=False, kernel_manager_class=QUIET)
+
+
+def test_the_stand_in_kernel_has_only_what_the_hub_has(hub):
+    python, _ = hub
+    probe = ("import importlib.util as u, json; print(json.dumps({n: u.find_spec(n) is not None for n in "
+             "['chi', 'blazarclient', 'ipykernel', 'ipywidgets', 'chi_helpers', 'mlflow', 'torch', 'PIL']}))")
+    found = json.loads(subprocess.run([str(python), "-c", probe], capture_output=True, text=True, check=True,
+                                      cwd="/", env={"PATH": "/usr/bin:/bin"}).stdout)
+    assert found == {"chi": True, "blazarclient": True, "ipykernel": True, "ipywidgets": True,
+                     "chi_helpers": False, "mlflow": False, "torch": False, "PIL": False}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_hub_side_notebooks_run_from_a_fresh_copy(variant, hub, hub_env, fresh_copy, tmp_path, capfd):
+    workdir = tmp_path / "local-target"
+    port = processes.free_port()
+    given = {"variant": variant, "target": "local", "mlflow_port": port, "local_workdir": str(workdir),
+             "data_dir": str(workdir / "Food-11"), "user": "student1"}
+    try:
+        for entry in TESTBED:
+            declared = pm.inspect_notebook(str(fresh_copy / "notebooks" / variant / entry.name))
+            run(fresh_copy, f"notebooks/{variant}", entry.name, tmp_path / entry.name,
+                {k: v for k, v in given.items() if k in declared})
+    finally:
+        subprocess.run([str(hub[0]), "-m", "chi_helpers", "stack", "down", "--state-dir", str(workdir / "stack")],
+                       cwd=fresh_copy, capture_output=True)
+    setup = [c for c in nbformat.read(tmp_path / TESTBED[0].name, 4).cells if "setup" in c.metadata.get("tags", [])]
+    said = "".join(o.get("text", "") for o in setup[0].outputs)
+    assert f"series at {fresh_copy}" in said  # the copy's helpers, not this checkout's
+    # The data set and the stack were made by the notebooks, in the kernel's own environment.
+    assert (workdir / "Food-11" / "training").is_dir()
+    assert "without encryption" not in capfd.readouterr().err
+
+
+def test_a_second_setup_installs_nothing(hub, hub_env, fresh_copy, tmp_path):
+    said = []
+    for attempt in ("first", "second"):
+        run(fresh_copy, "notebooks/amd", "00_introduction.ipynb", tmp_path / f"{attempt}.ipynb", {"target": "local"})
+        setup = next(c for c in nbformat.read(tmp_path / f"{attempt}.ipynb", 4).cells
+                     if "setup" in c.metadata.get("tags", []))
+        said.append("".join(o.get("text", "") for o in setup.outputs))
+    assert "nothing to install" in said[1] and "installing" not in said[1]
+
+
+def failing_cell(path: Path):
+    return next(c for c in nbformat.read(path, 4).cells
+                if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.outputs))
+
+
+def test_a_chameleon_notebook_without_credentials_says_what_to_set(hub, hub_env, fresh_copy, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as error:
+        run(fresh_copy, "notebooks/nvidia", "01_reserve.ipynb", tmp_path / "out.ipynb", {"user": "student1"})
+    assert error.value.ename == "LoginError"
+    assert "no Chameleon credentials" in error.value.evalue and "rc_file" in error.value.evalue
+    assert "chameleon_login.check" in failing_cell(tmp_path / "out.ipynb").source  # before python-chi
+
+
+def test_a_headless_hub_session_without_a_project_asks_for_one(hub, hub_env, fresh_copy, tmp_path, monkeypatch):
+    # The hub's own sign-in, but nobody at the notebook to answer python-chi's project widget.
+    monkeypatch.setenv("OS_AUTH_TYPE", "v3oidcaccesstoken")
+    monkeypatch.setenv("OS_AUTH_URL", "http://127.0.0.1:9/v3")
+    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:9/hub/api")
+    with pytest.raises(pm.PapermillExecutionError) as error:
+        run(fresh_copy, "notebooks/amd", "08_release.ipynb", tmp_path / "out.ipynb", {"user": "student1"})
+    assert error.value.ename == "LoginError" and "set project = 'CHI-123456'" in error.value.evalue

@@ -1,0 +1,78 @@
+"""The setup cell's work: this copy's helpers importable, and only what the kernel lacks installed."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chi_helpers import kernel_setup
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def requirement_pins() -> dict[str, str]:
+    pins = {}
+    for line in (REPO / "requirements.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name = re.split(r"[=<>\[]", line, maxsplit=1)[0]
+            pins[name.lower()] = line
+    return pins
+
+
+def test_what_the_setup_cell_installs_agrees_with_requirements_txt():
+    pins = requirement_pins()
+    for requirement in kernel_setup.PROVIDERS.values():
+        name = re.split(r"[=<>]", requirement, maxsplit=1)[0].lower()
+        assert name in pins, f"{requirement} is not in requirements.txt"
+        if "==" in requirement or "==" in pins[name]:
+            assert pins[name] == requirement, (pins[name], requirement)
+
+
+def test_every_needed_name_has_a_provider():
+    for needs in kernel_setup.NEEDS.values():
+        assert set(needs) <= set(kernel_setup.PROVIDERS)
+    # On the JupyterHub with the chameleon target, python-chi with the client it is written for.
+    assert kernel_setup.NEEDS[("testbed", "chameleon")] == ["chi", "blazarclient"]
+    assert kernel_setup.PROVIDERS["blazarclient"].startswith("chameleon-blazarclient==")
+
+
+def test_missing_looks_without_importing():
+    sys.modules.pop("chi.context", None)
+    assert kernel_setup.missing(["chi", "json", "no_such_module_here"]) == ["no_such_module_here"]
+    assert "chi.context" not in sys.modules  # python-chi reads its settings when imported: not yet
+
+
+def test_prepare_with_everything_present_installs_nothing_and_sets_the_paths(monkeypatch):
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setenv("PYTHONPATH", "")
+    said = []
+    assert kernel_setup.prepare("local", side="testbed", say=said.append) == []
+    assert "nothing to install" in said[-1]
+    assert os.environ["PYTHONPATH"].split(os.pathsep)[0] == str(kernel_setup.SERIES_ROOT)
+    assert os.environ["PATH"].split(os.pathsep)[0] == str(Path(sys.executable).parent)
+    # A second run changes nothing (no growing PATH).
+    kernel_setup.prepare("local", side="testbed", say=said.append)
+    assert os.environ["PATH"].split(os.pathsep).count(str(Path(sys.executable).parent)) == 1
+
+
+def test_an_unknown_target_installs_nothing(monkeypatch):
+    monkeypatch.setattr(kernel_setup, "install", lambda *a, **k: pytest.fail("installed for an unknown target"))
+    assert kernel_setup.prepare("cloud", say=lambda _: None) == []
+
+
+def test_a_failing_install_says_what_pip_said(tmp_path):
+    # A real pip run in a scratch virtual environment, asked for a package no index has.
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    code = ("import sys; sys.path.insert(0, %r)\n"
+            "from chi_helpers import kernel_setup\n"
+            "try:\n    kernel_setup.install(['no-such-package-chi-series==0.0.1'])\n"
+            "except kernel_setup.SetupError as e:\n    print('SETUP-ERROR', e)\n") % str(REPO)
+    done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120)
+    assert "SETUP-ERROR pip could not install no-such-package-chi-series==0.0.1" in done.stdout
