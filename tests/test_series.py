@@ -238,7 +238,7 @@ def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
     assert (downloaded / "MLmodel").exists() and (downloaded / "data" / "model.pth").stat().st_size > 1_000_000
 
 
-def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capsys):
+def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capfd):
     report = series_run.run_series(workdir=tmp_path, output_dir=tmp_path / "out", port=processes.free_port(),
                                    parameters={"target": "cloud"})
     assert report["passed"] is False
@@ -248,3 +248,4 @@ def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capsys):
     assert {nb["status"] for nb in rest} == {"not run"}
     assert local_stack.read_state(tmp_path / "stack") is None  # stopped afterwards
     assert "FAILED" in (tmp_path / "out" / "report.md").read_text()
+    assert "without encryption" not in capfd.readouterr().err  # the kernels talk over local sockets
