@@ -12,7 +12,8 @@ import re
 import shlex
 from pathlib import Path
 
-EXPORT = re.compile(r"^\s*export\s+(OS_[A-Z0-9_]+)=(.*)$")
+# OS_* for OpenStack; CHI_* for python-chi (CHI_RESOURCE_API_URL: where it reads the list of sites).
+EXPORT = re.compile(r"^\s*export\s+((?:OS|CHI)_[A-Z0-9_]+)=(.*)$")
 
 
 def parse(text: str) -> dict[str, str]:

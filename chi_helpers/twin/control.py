@@ -1,0 +1,141 @@
+"""Starting and stopping the twin: the services on their loopback address, the nodes, the RC file.
+
+`start()` runs everything in this process (the tests use it directly); `python -m chi_helpers twin
+up` runs `main()` in a background process that does the same and keeps going until `twin down`.
+The RC file it writes is an application credential, like the one a headless run uses on
+Chameleon, plus `CHI_RESOURCE_API_URL`, which points python-chi's site list at the twin.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ipaddress
+import json
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import keystone
+from .web import TwinServer, serve
+from .world import World
+
+PORT = 5000  # python-chi builds auth_url as <site web>:5000/v3; every service shares the port
+SERVICE_MODULES = ["keystone", "sites", "blazar", "nova", "neutron", "glance"]
+PROJECT, USER, PASSWORD = "CHI-000000", "ci-user", "twin-password"
+
+
+@dataclass
+class Twin:
+    world: World
+    server: TwinServer
+    rc_file: Path
+    nodes: object | None = None
+    _stop: threading.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return self.world.url()
+
+    def environment(self) -> dict[str, str]:
+        """The variables the RC file exports (what a process needs to use the twin)."""
+        from ..openstack_rc import parse
+
+        return parse(self.rc_file.read_text())
+
+    def stop(self) -> None:
+        if self._stop:
+            self._stop.set()
+        if self.nodes is not None:
+            self.nodes.stop()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def free_address(state_dir: Path) -> str:
+    """A loopback address 127.a.b.1 whose port 5000 is free, stable for a state folder when possible."""
+    seed = sum(str(state_dir.resolve()).encode()) % 200
+    for offset in range(200):
+        a, b = 100 + (seed + offset) % 100, (seed * 7 + offset) % 250 + 1
+        address = f"127.{a}.{b}.1"
+        with socket.socket() as probe:
+            try:
+                probe.bind((address, PORT))
+            except OSError:
+                continue
+        return address
+    raise RuntimeError("no loopback address with port 5000 free")
+
+
+def write_rc(world: World, path: Path, credential_id: str, secret: str) -> None:
+    lines = [
+        "# OpenStack RC file for the Chameleon twin (an application credential, as a headless run uses).",
+        f"export OS_AUTH_URL={world.url('/v3')}",
+        "export OS_AUTH_TYPE=v3applicationcredential",
+        "export OS_IDENTITY_API_VERSION=3",
+        "export OS_INTERFACE=public",
+        "export OS_REGION_NAME=CHI@TACC",
+        f"export OS_APPLICATION_CREDENTIAL_ID={credential_id}",
+        f"export OS_APPLICATION_CREDENTIAL_SECRET={secret}",
+        f"export OS_KEYPAIR_PRIVATE_KEY={world.state_dir / 'keys' / 'id_rsa'}",
+        f"export OS_KEYPAIR_PUBLIC_KEY={world.state_dir / 'keys' / 'id_rsa.pub'}",
+        # python-chi reads the site list here instead of Chameleon's API.
+        f"export CHI_RESOURCE_API_URL={world.url('/api')}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+def make_key_pair(directory: Path) -> None:
+    """The SSH key pair a headless run names in its RC file (the hub gives students one)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    if (directory / "id_rsa").exists():
+        return
+    import paramiko
+
+    key = paramiko.RSAKey.generate(2048)
+    key.write_private_key_file(str(directory / "id_rsa"))
+    (directory / "id_rsa.pub").write_text(f"ssh-rsa {key.get_base64()} twin-key\n")
+
+
+def start(state_dir: str | os.PathLike, address: str | None = None, speed: float = 1.0,
+          nodes: bool = True) -> Twin:
+    """Start the twin's services (and, with `nodes`, an SSH node per floating IP) in this process."""
+    state_dir = Path(state_dir).resolve()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    address = address or free_address(state_dir)
+    if not ipaddress.ip_address(address).is_loopback:
+        raise ValueError(f"the twin only listens on loopback addresses (127.0.0.0/8), not {address}")
+    world = World(state_dir, address, PORT, speed=speed)
+    credential_id, secret = world.new_id().replace("-", ""), world.new_id().replace("-", "")
+    keystone.seed(world, PROJECT, USER, PASSWORD, credential_id, secret)
+    mounted = []
+    for name in SERVICE_MODULES:
+        module = importlib.import_module(f"{__package__}.{name}")
+        mounted.extend(module.services(world))
+    for name in SERVICE_MODULES:  # state that needs every service mounted (hosts, flavors, images)
+        module = importlib.import_module(f"{__package__}.{name}")
+        if hasattr(module, "seed_inventory"):
+            module.seed_inventory(world)
+    server = serve(world, mounted, address, PORT)
+    make_key_pair(state_dir / "keys")
+    rc_file = state_dir / "twin-openrc.sh"
+    write_rc(world, rc_file, credential_id, secret)
+    world.save()
+    twin = Twin(world, server, rc_file)
+    if nodes:
+        from .node import Nodes
+
+        twin.nodes = Nodes(world)
+        twin._stop = threading.Event()
+
+        def keep_in_step():
+            while not twin._stop.wait(0.3):
+                twin.nodes.sync()
+
+        threading.Thread(target=keep_in_step, name="twin-nodes", daemon=True).start()
+    (state_dir / "twin.json").write_text(json.dumps({"address": address, "port": PORT, "pid": os.getpid(),
+                                                     "rc_file": str(rc_file), "started": time.time()}))
+    return twin
