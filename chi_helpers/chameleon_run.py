@@ -82,9 +82,14 @@ def run_node_notebook(node, variant: str, notebook: str, out_dir: Path) -> Noteb
 def connect(user: str):
     """The series' server (already up after notebook 02), as a python-chi Server."""
     import chi.server
+    from novaclient.exceptions import NotFound
 
-    server = chi.server.get_server(node_server.server_name(user))
-    if server is None or server.get_floating_ip() is None:
+    try:
+        server = chi.server.get_server(node_server.server_name(user))  # raises for a missing server
+    except NotFound:
+        raise node_server.ServerError(f"there is no server {node_server.server_name(user)}: run the server "
+                                      "notebook (02) again") from None
+    if server.get_floating_ip() is None:
         raise node_server.ServerError(f"{node_server.server_name(user)} is not up with a public address: "
                                       "run the server notebook (02) again")
     return server

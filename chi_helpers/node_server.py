@@ -32,14 +32,43 @@ def placement(profile: Variant, lease) -> dict:
 
 
 def open_ports(server) -> None:
-    """The VM sits behind security groups: open what the series needs, and nothing else."""
-    from chi import network
+    """The VM sits behind security groups: open what the series needs, and nothing else.
 
+    A class shares one project, so a group of the same name may exist already, made by someone
+    else with other rules: python-chi's idempotent submit would hand it back as it is. So each
+    group's rule is checked and added when missing.
+    """
+    from chi.network import neutron
+
+    client = neutron()
     for name, port in SECURITY_GROUP_PORTS.items():
-        group = network.SecurityGroup({"name": f"allow-{port}", "description": f"{name} for the MLflow series"})
-        group.add_rule(direction="ingress", protocol="tcp", port=port)
-        group.submit(idempotent=True)
-        server.add_security_group(group.name)
+        group_name = f"allow-{port}"
+        groups = client.list_security_groups(name=group_name)["security_groups"]
+        group = groups[0] if groups else client.create_security_group(
+            {"security_group": {"name": group_name, "description": f"{name} for the MLflow series"}})["security_group"]
+        has_rule = any(rule["direction"] == "ingress" and rule.get("protocol") == "tcp"
+                       and rule.get("port_range_min") == port and rule.get("port_range_max") == port
+                       and rule.get("remote_ip_prefix") in (None, "0.0.0.0/0") and rule.get("ethertype") == "IPv4"
+                       for rule in group.get("security_group_rules", []))
+        if not has_rule:
+            client.create_security_group_rule({"security_group_rule": {
+                "security_group_id": group["id"], "direction": "ingress", "protocol": "tcp", "ethertype": "IPv4",
+                "port_range_min": port, "port_range_max": port, "remote_ip_prefix": "0.0.0.0/0"}})
+        server.add_security_group(group_name)
+
+
+def own_floating_ip(server) -> str:
+    """A floating IP that is this server's: python-chi's default takes the project's first unbound one,
+    which in a shared project may be a classmate's. Ours carries the server's name in its description."""
+    from chi.network import get_network_id, neutron
+
+    client = neutron()
+    mark = f"mlflow series: {server.name}"
+    mine = [ip for ip in client.list_floatingips()["floatingips"] if ip.get("description") == mark and ip["port_id"] is None]
+    if mine:
+        return mine[0]["floating_ip_address"]
+    made = client.create_floatingip({"floatingip": {"floating_network_id": get_network_id("public"), "description": mark}})
+    return made["floatingip"]["floating_ip_address"]
 
 
 def bring_up(profile: Variant, lease, user: str, wait: bool = True):
@@ -66,7 +95,7 @@ def bring_up(profile: Variant, lease, user: str, wait: bool = True):
     if address:
         print(f"{name} already has floating IP {address}: keeping it")
     else:
-        server.associate_floating_ip()
+        server.associate_floating_ip(own_floating_ip(server))
         address = server.get_floating_ip()
     if profile.needs_security_groups:
         open_ports(server)

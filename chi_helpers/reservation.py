@@ -116,16 +116,28 @@ def _find_node_name(expression) -> str | None:
     return None
 
 
-def existing_lease(name: str):
-    """The lease called `name` that is not over, or None."""
-    import chi.lease
-    from chi.exception import CHIValueError
+LIVE = ("PENDING", "STARTING", "ACTIVE", "UPDATING", "ERROR")  # ERROR stays until someone deletes it
 
-    try:
-        lease = chi.lease.get_lease(name)
-    except CHIValueError:
+
+def existing_lease(name: str):
+    """The lease called `name` that is not over, or None.
+
+    Blazar gets leases by id; python-chi's `get_lease(name)` lists and matches names, and fails when
+    two leases share one (an expired lease and today's, say). So this lists the project's leases
+    itself, keeps the live ones of that name, and gets that one by id.
+    """
+    import chi.lease
+
+    live = [lease for lease in _blazar().lease.list() if lease.get("name") == name and lease.get("status") in LIVE]
+    if not live:
         return None
-    return None if lease.status in ("TERMINATED", "DELETED") else lease
+    if len(live) > 1:
+        shown = ", ".join(f"{lease['id']} ({lease['status']}, from {lease['start_date']})" for lease in live)
+        raise ReservationError(
+            f"{len(live)} leases named {name!r} are live: {shown}. Delete the ones you do not want "
+            "(dashboard: Reservations > Leases), or use another lease_name."
+        )
+    return chi.lease.get_lease(live[0]["id"])
 
 
 def describe(lease, now: datetime | None = None) -> str:
@@ -177,7 +189,9 @@ def submit(profile: Variant, lease_name: str, node_name: str | None, start: date
         lease.add_node_reservation(amount=1, node_name=node_name)
     else:
         lease.add_flavor_reservation(name=profile.node_type, amount=1)
-    lease.submit(idempotent=True, wait_for_active=False)
+    # Not idempotent=True: python-chi would look the name up with get_lease, which fails when an old
+    # lease has the same name; existing_lease above has already looked, the way Blazar allows.
+    lease.submit(idempotent=False, wait_for_active=False)
     print(f"made lease {lease_name!r}: " + describe(lease))
     return lease
 
