@@ -1,10 +1,17 @@
 """Helpers behind the ML experiment tracking series on Chameleon.
 
-One module per concern: `variants` (the GPU variants as data), `parameters` (checks on a
-notebook's parameters), `food11` (the data set's layout), `sample_data` (a small stand-in),
-`local_stack` (the tracking stack as processes), `local_target` (the local target's settings),
-`series` (the notebooks in order), `build` (notebooks and pages from one source), `series_run`
-and `report` (running the series with papermill), `bench` (what tracking costs), `cli`.
+The folder shows the architecture:
+
+- `variants`, `parameters`: what every notebook checks first (the GPU variants as data);
+- `kernel_setup`: what every notebook's setup cell does (helpers importable, missing packages installed);
+- `series/`: the material: the notebooks in order, `build` (notebooks and pages from one source),
+  `run` (the runner core both targets drive: papermill, progress, `report`);
+- `local/`: the local target: the tracking stack as processes, the small data set, its runner;
+- `chameleon/`: the real testbed through python-chi: sign-in, lease, server, node, release, its runner;
+- `twin/`: a stand-in for Chameleon's services and the node, for tests and rehearsals;
+- `food11`, `credentials`: standard library only, run as plain files on the node;
+- `bench`, `progress`, `cli`.
+
 Importing the package itself pulls in nothing beyond the standard library.
 """
 

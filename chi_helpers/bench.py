@@ -20,9 +20,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import local_stack, processes, sample_data
-from .local_target import WORKSPACE
-from .progress import Clock
+from chi_helpers.local import stack as local_stack
+from chi_helpers.local import processes
+from chi_helpers.local import sample_data
+from chi_helpers.local.target import WORKSPACE
+from chi_helpers.progress import Clock
 
 
 def _median_ms(samples: list[float]) -> float:
@@ -173,7 +175,7 @@ def artifact_upload_rate(url: str, megabytes: int, folder: Path) -> float:
 def bench_server(calls: int = 200, megabytes: int = 64,
                  postgres_uri: str = "postgresql+psycopg://postgres@127.0.0.1:5432") -> dict:
     """Tracking-server throughput: SQLite vs PostgreSQL backends, and artifact upload to S3."""
-    from . import postgres
+    from chi_helpers.local import postgres
 
     clock = Clock()
     results: dict[str, dict] = {}

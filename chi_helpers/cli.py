@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from . import food11
-from .local_target import DEFAULT_WORKDIR
-from .variants import DEFAULT_VARIANT, VARIANTS
+from chi_helpers import food11
+from chi_helpers.local.target import DEFAULT_WORKDIR
+from chi_helpers.variants import DEFAULT_VARIANT, VARIANTS
 
 DEFAULT_STATE_DIR = DEFAULT_WORKDIR / "stack"
 
@@ -27,7 +27,7 @@ def _per_class(text: str) -> dict[str, int]:
 
 
 def cmd_stack(args) -> int:
-    from . import local_stack
+    from chi_helpers.local import stack as local_stack
 
     if args.action == "up":
         stack = local_stack.up(
@@ -56,7 +56,7 @@ def cmd_stack(args) -> int:
 
 def cmd_data(args) -> int:
     if args.action == "sample":
-        from . import sample_data
+        from chi_helpers.local import sample_data
 
         counts = sample_data.make_sample_dataset(
             args.root, per_class=args.per_class, image_size=args.image_size or sample_data.DEFAULT_IMAGE_SIZE,
@@ -68,7 +68,7 @@ def cmd_data(args) -> int:
 
 
 def cmd_bench(args) -> int:
-    from . import bench
+    from chi_helpers import bench
 
     if args.what == "server":
         bench.bench_server(calls=args.calls or 200, megabytes=args.megabytes)
@@ -79,7 +79,7 @@ def cmd_bench(args) -> int:
 
 
 def cmd_build(args) -> int:
-    from . import build
+    from chi_helpers.series import build
 
     return build.build(check=args.check)
 
@@ -91,9 +91,9 @@ def lease_name_from(args, user: str) -> str:
 
 def cmd_run(args) -> int:
     if args.target == "chameleon":
-        from . import chameleon_plan
-        from .parameters import default_user
-        from .variants import get_variant
+        from chi_helpers.chameleon import plan as chameleon_plan
+        from chi_helpers.parameters import default_user
+        from chi_helpers.variants import get_variant
 
         profile = get_variant(args.gpu)
         user = args.user or default_user()
@@ -107,7 +107,7 @@ def cmd_run(args) -> int:
             print(chameleon_plan.render(actions))
             print(f"\n--dry-run: {len(actions)} steps printed, none made")
             return 0
-        from .chameleon_run import run_chameleon
+        from chi_helpers.chameleon.run import run_chameleon
 
         report = run_chameleon(
             profile, lease_name_from(args, user), profile.default_node if args.node is None else args.node,
@@ -115,7 +115,7 @@ def cmd_run(args) -> int:
             ref=args.ref, output_dir=args.output, lease_timeout=args.lease_timeout * 60,
         )
         return 0 if report["passed"] else 1
-    from .series_run import run_series
+    from chi_helpers.local.run import run_series
 
     report = run_series(target=args.target, variant=args.gpu, workdir=args.workdir, output_dir=args.output,
                         port=args.port, keep_stack=args.keep_stack)
@@ -123,8 +123,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from . import release
-    from .parameters import default_user
+    from chi_helpers.chameleon import release
+    from chi_helpers.parameters import default_user
 
     user = args.user or default_user()
     if args.project:
@@ -209,7 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from .local_stack import StackError
+    from chi_helpers.local.stack import StackError
 
     try:
         return args.func(args)

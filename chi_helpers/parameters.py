@@ -9,7 +9,7 @@ import getpass
 import os
 import re
 
-from .variants import TARGETS, Variant, get_variant
+from chi_helpers.variants import TARGETS, Variant, get_variant
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

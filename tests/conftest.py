@@ -9,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from chi_helpers import local_stack, processes, sample_data
+from chi_helpers.local import stack as local_stack
+from chi_helpers.local import processes
+from chi_helpers.local import sample_data
 
 REPO = Path(__file__).resolve().parent.parent
 WORKSPACE = REPO / "workspace_mlflow"

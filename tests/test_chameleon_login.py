@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from chi_helpers import chameleon_login
-from chi_helpers.chameleon_login import LoginError, check
+from chi_helpers.chameleon import login as chameleon_login
+from chi_helpers.chameleon.login import LoginError, check
 
 
 @pytest.fixture(autouse=True)

@@ -12,7 +12,9 @@ import pytest
 from invoke.exceptions import UnexpectedExit
 from invoke.runners import Result
 
-from chi_helpers import chameleon_run, reservation, series_run
+from chi_helpers.chameleon import run as chameleon_run
+from chi_helpers.chameleon import reservation
+from chi_helpers.series import run as series_run
 from chi_helpers.progress import Clock
 from chi_helpers.series import NOTEBOOKS
 from chi_helpers.variants import VARIANTS

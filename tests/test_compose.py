@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from chi_helpers import credentials, node_stack
+from chi_helpers import credentials
+from chi_helpers.chameleon import node_stack
 from chi_helpers.variants import VARIANTS
 
 DOCKER = Path(__file__).resolve().parent.parent / "docker"

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chi_helpers import food11, sample_data
+from chi_helpers import food11
+from chi_helpers.local import sample_data
 
 
 def make_raw_tree(root: Path, per_class: int = 2) -> None:

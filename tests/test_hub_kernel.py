@@ -25,7 +25,7 @@ import nbformat
 import papermill as pm
 import pytest
 
-from chi_helpers import processes
+from chi_helpers.local import processes
 from chi_helpers.series import NOTEBOOKS, REPO_ROOT
 from chi_helpers.variants import VARIANTS
 
@@ -33,7 +33,7 @@ from chi_helpers.variants import VARIANTS
 HUB_PACKAGES = ["python-chi==1.2.10", "chameleon-blazarclient==3.6.5", "ipykernel>=6.29", "ipywidgets>=8"]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chi-series"
 KERNEL = "hub-standin"
-QUIET = "chi_helpers.quiet_kernel.QuietKernelManager"
+QUIET = "chi_helpers.series.quiet_kernel.QuietKernelManager"
 TESTBED = [entry for entry in NOTEBOOKS if entry.side == "testbed"]
 
 
@@ -151,7 +151,7 @@ def test_a_chameleon_notebook_without_credentials_says_what_to_set(hub, hub_env,
         run(fresh_copy, "notebooks/nvidia", "01_reserve.ipynb", tmp_path / "out.ipynb", {"user": "student1"})
     assert error.value.ename == "LoginError"
     assert "no Chameleon credentials" in error.value.evalue and "rc_file" in error.value.evalue
-    assert "chameleon_login.check" in failing_cell(tmp_path / "out.ipynb").source  # before python-chi
+    assert "login.check(" in failing_cell(tmp_path / "out.ipynb").source  # before python-chi
 
 
 def test_a_headless_hub_session_without_a_project_asks_for_one(hub, hub_env, fresh_copy, tmp_path, monkeypatch):

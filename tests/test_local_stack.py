@@ -12,7 +12,8 @@ import sys
 import psutil
 import pytest
 
-from chi_helpers import local_stack, processes
+from chi_helpers.local import stack as local_stack
+from chi_helpers.local import processes
 
 
 def alive(procs: list[psutil.Process]) -> list[psutil.Process]:

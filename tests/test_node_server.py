@@ -6,7 +6,7 @@ from unittest import mock
 
 import pytest
 
-from chi_helpers import node_server
+from chi_helpers.chameleon import server as node_server
 from chi_helpers.variants import VARIANTS
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from chi_helpers import openstack_rc
+from chi_helpers.chameleon import openstack_rc
 
 APP_CREDENTIAL = """#!/usr/bin/env bash
 export OS_AUTH_TYPE=v3applicationcredential

@@ -12,7 +12,10 @@ import psycopg
 import pytest
 from mlflow import MlflowClient
 
-from chi_helpers import local_object_store, local_stack, postgres, processes
+from chi_helpers.local import object_store as local_object_store
+from chi_helpers.local import stack as local_stack
+from chi_helpers.local import postgres
+from chi_helpers.local import processes
 from conftest import FAST_TRAINING, WORKSPACE
 
 PG = "postgresql+psycopg://postgres@127.0.0.1:5432"

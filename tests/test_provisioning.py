@@ -9,7 +9,9 @@ from unittest import mock
 
 import pytest
 
-from chi_helpers import chameleon_plan, node_setup, parameters
+from chi_helpers import parameters
+from chi_helpers.chameleon import plan as chameleon_plan
+from chi_helpers.chameleon import node_setup
 from chi_helpers.variants import VARIANTS
 
 REPO = node_setup.REMOTE_REPO

@@ -7,7 +7,7 @@ import os
 import nbformat
 import papermill as pm
 
-from chi_helpers import quiet_kernel
+from chi_helpers.series import quiet_kernel
 
 
 def tiny_notebook(path):
@@ -31,7 +31,7 @@ def test_the_default_kernel_warns_and_ours_does_not(tmp_path, capfd):
     assert "without encryption" in capfd.readouterr().err  # what `make run` used to print per notebook
 
     (tmp_path / "ipc").mkdir()
-    run(tmp_path / "ipc", kernel_manager_class="chi_helpers.quiet_kernel.QuietKernelManager")
+    run(tmp_path / "ipc", kernel_manager_class="chi_helpers.series.quiet_kernel.QuietKernelManager")
     assert "without encryption" not in capfd.readouterr().err
     # The sockets live in the process's own folder, never next to the notebook.
     assert sorted(os.listdir(tmp_path / "ipc")) == ["in.ipynb", "out.ipynb"]

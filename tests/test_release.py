@@ -7,7 +7,8 @@ from unittest import mock
 
 import pytest
 
-from chi_helpers import parameters, release
+from chi_helpers import parameters
+from chi_helpers.chameleon import release
 
 
 class Cloud:

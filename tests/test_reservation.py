@@ -9,7 +9,8 @@ from unittest import mock
 import pytest
 from blazarclient.exception import BlazarClientException
 
-from chi_helpers import parameters, reservation
+from chi_helpers import parameters
+from chi_helpers.chameleon import reservation
 from chi_helpers.variants import VARIANTS
 
 UTC = timezone.utc

@@ -9,7 +9,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from chi_helpers import food11, sample_data
+from chi_helpers import food11
+from chi_helpers.local import sample_data
 
 
 def test_sample_has_the_food11_shape(tmp_path):

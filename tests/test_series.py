@@ -12,7 +12,10 @@ import papermill as pm
 import pytest
 from mlflow import MlflowClient
 
-from chi_helpers import build, local_stack, processes, series_run
+from chi_helpers.series import build
+from chi_helpers.local import stack as local_stack
+from chi_helpers.local import processes
+from chi_helpers.local import run as local_run
 from chi_helpers.series import NOTEBOOKS, REPO_ROOT, output_path
 from chi_helpers.variants import VARIANTS
 
@@ -66,8 +69,8 @@ def test_the_chameleon_cells_check_the_login_before_python_chi():
             if first is None:
                 continue  # this notebook makes no python-chi call
             # The first cell that imports python-chi checks the login before it.
-            assert "chameleon_login.check(" in first, (variant, entry.name)
-            assert first.index("chameleon_login.check(") < first.index("from chi import")
+            assert "login.check(" in first, (variant, entry.name)
+            assert first.index("login.check(") < first.index("from chi import")
 
 
 def text_of(variant: str) -> str:
@@ -181,7 +184,7 @@ def series(tmp_path_factory):
     """One run of the whole series; the stack is kept for the checks, then stopped."""
     workdir = tmp_path_factory.mktemp("series")
     port = processes.free_port()
-    report = series_run.run_series(
+    report = local_run.run_series(
         workdir=workdir, output_dir=workdir / "out", port=port, keep_stack=True,
         parameters={"training_overrides": TEST_TRAINING, "download_dir": str(workdir / "deployed")},
     )
@@ -242,7 +245,7 @@ def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
 
 
 def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capfd):
-    report = series_run.run_series(workdir=tmp_path, output_dir=tmp_path / "out", port=processes.free_port(),
+    report = local_run.run_series(workdir=tmp_path, output_dir=tmp_path / "out", port=processes.free_port(),
                                    parameters={"target": "cloud"})
     assert report["passed"] is False
     first, *rest = report["notebooks"]

@@ -18,9 +18,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import keystone
-from .web import TwinServer, serve
-from .world import World
+from chi_helpers.twin import keystone
+from chi_helpers.twin.web import TwinServer, serve
+from chi_helpers.twin.world import World
 
 PORT = 5000  # python-chi builds auth_url as <site web>:5000/v3; every service shares the port
 SERVICE_MODULES = ["keystone", "sites", "blazar", "nova", "neutron", "glance"]
@@ -41,7 +41,7 @@ class Twin:
 
     def environment(self) -> dict[str, str]:
         """The variables the RC file exports (what a process needs to use the twin)."""
-        from ..openstack_rc import parse
+        from chi_helpers.chameleon.openstack_rc import parse
 
         return parse(self.rc_file.read_text())
 
@@ -126,7 +126,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     world.save()
     twin = Twin(world, server, rc_file)
     if nodes:
-        from .node import Nodes
+        from chi_helpers.twin.node import Nodes
 
         twin.nodes = Nodes(world)
         twin._stop = threading.Event()

@@ -7,8 +7,8 @@ brings one up only if none of that name exists, and the floating IP the server h
 
 from __future__ import annotations
 
-from .chameleon_plan import SECURITY_GROUP_PORTS
-from .variants import Variant
+from chi_helpers.chameleon.plan import SECURITY_GROUP_PORTS
+from chi_helpers.variants import Variant
 
 
 class ServerError(RuntimeError):

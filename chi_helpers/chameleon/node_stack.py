@@ -6,7 +6,7 @@ prints them. The Compose files and Dockerfiles they use are in `docker/`.
 
 from __future__ import annotations
 
-from .variants import Variant
+from chi_helpers.variants import Variant
 
 REMOTE_REPO = "~/mlflow-chi"  # where the node setup puts this repository
 ENV_FILE = "~/mlflow-stack.env"  # the generated credentials; never leaves the node

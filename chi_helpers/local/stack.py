@@ -19,8 +19,9 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from . import local_object_store, processes
-from .progress import Clock
+from chi_helpers.local import object_store as local_object_store
+from chi_helpers.local import processes
+from chi_helpers.progress import Clock
 
 STATE_FILE = "stack.json"
 LOG_FILE = "mlflow-server.log"
@@ -127,7 +128,7 @@ def up(
         )
     backend_store_uri = backend_store_uri or f"sqlite:///{state_dir / 'mlflow.db'}"
     if backend_store_uri.startswith("postgresql"):
-        from . import postgres
+        from chi_helpers.local import postgres
 
         if postgres.ensure_database(backend_store_uri):
             clock.say(f"made database {backend_store_uri.rsplit('/', 1)[-1]}")

@@ -12,8 +12,8 @@ import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-from . import parameters
-from .variants import Variant
+from chi_helpers import parameters
+from chi_helpers.variants import Variant
 
 GAP = timedelta(minutes=10)  # a lease ends this long before the hour another may start on
 

@@ -14,8 +14,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from . import processes
-from .progress import Clock
+from chi_helpers.local import processes
+from chi_helpers.progress import Clock
 
 STATE_FILE = "object-store.json"
 BUCKET = "mlflow-artifacts"

@@ -25,8 +25,8 @@ from pathlib import Path
 
 import nbformat
 
-from .series import NOTEBOOKS, REPO_ROOT, SOURCE_DIR, output_path
-from .variants import DEFAULT_VARIANT, VARIANTS, Variant
+from chi_helpers.series import NOTEBOOKS, REPO_ROOT, SOURCE_DIR, output_path
+from chi_helpers.variants import DEFAULT_VARIANT, VARIANTS, Variant
 
 SITE_DIR = REPO_ROOT / "site"
 FENCE = re.compile(r"^```python(?:\s+(?P<tags>[\w ,-]+))?\s*$")

@@ -21,7 +21,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import openstack_rc
+from chi_helpers.chameleon import openstack_rc
 
 RC_HELP = ("download an application-credential RC file from the site's dashboard (Identity > Application "
            "Credentials) and set rc_file = '<its path>' in the parameters cell (or export its OS_* variables "
@@ -125,3 +125,25 @@ def check(rc_file: str = "", project: str = "", need_key_pair: bool = False) -> 
     if "chi.context" in sys.modules:
         sys.modules["chi.context"].reset()  # imported before this: have it read the environment again
     return login
+
+
+def follow_site_list(site: str) -> None:
+    """After `context.use_site(site)`: sign in where the site list says, when it is not Chameleon's.
+
+    python-chi reads the list from CHI_RESOURCE_API_URL, but replaces KVM@TACC's entry with
+    Chameleon's real address whatever the list says. With a list of its own (a rehearsal against
+    the twin), this sets `auth_url` from that list again. On Chameleon (no CHI_RESOURCE_API_URL)
+    it does nothing.
+    """
+    url = os.environ.get("CHI_RESOURCE_API_URL")
+    if not url:
+        return
+    import requests
+    from chi import context
+
+    answer = requests.get(f"{url.rstrip('/')}/sites.json", timeout=30)
+    answer.raise_for_status()
+    web = next((item["web"] for item in answer.json().get("items", []) if item.get("name") == site), None)
+    if web is None:
+        raise LoginError(f"site {site!r} is not in the site list at {url}: set site to one of its names")
+    context.set("auth_url", f"{web}:5000/v3")

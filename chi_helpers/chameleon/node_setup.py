@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .node_stack import REMOTE_REPO
-from .variants import Variant
+from chi_helpers.chameleon.node_stack import REMOTE_REPO
+from chi_helpers.variants import Variant
 
 ARCHIVE = "/tmp/mlflow-chi.tar.gz"  # where an uploaded checkout lands on the node
 NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
@@ -42,7 +42,7 @@ def pack_checkout(path: str, ref: str = "HEAD") -> str:
     """This checkout's committed files at `ref`, as a tar.gz to upload."""
     import subprocess
 
-    from .series import REPO_ROOT
+    from chi_helpers.series import REPO_ROOT
 
     subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", "-o", path, ref], check=True)
     return path

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from . import food11
-from .progress import Clock
-from .series import REPO_ROOT
+from chi_helpers import food11
+from chi_helpers.progress import Clock
+from chi_helpers.series import REPO_ROOT
 
 WORKSPACE = REPO_ROOT / "workspace_mlflow"
 DEFAULT_WORKDIR = REPO_ROOT / ".local-target"
@@ -45,7 +45,7 @@ def ensure_sample_data(data_dir: Path, clock: Clock) -> dict:
         if data_dir.exists() and any(data_dir.iterdir()):
             raise  # something else is stored there: say so rather than write over it
         clock.say(f"data: making the small Food-11-shaped data set in {data_dir}")
-        from . import sample_data  # Pillow: needed only when the sample is made
+        from chi_helpers.local import sample_data  # Pillow: needed only when the sample is made
 
         counts = sample_data.make_sample_dataset(data_dir)
     return counts

@@ -7,7 +7,9 @@ Calls python-chi's nova, neutron and Blazar clients (as `server.delete_server`,
 
 from __future__ import annotations
 
-from . import node_stack, parameters, reservation
+from chi_helpers import parameters
+from chi_helpers.chameleon import node_stack
+from chi_helpers.chameleon import reservation
 
 
 def _floating_ips(nova_server) -> list[str]:

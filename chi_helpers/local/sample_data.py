@@ -14,7 +14,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from . import food11
+from chi_helpers import food11
 
 # Photos per class in each split. Enough training batches per epoch for a MobileNetV2 from random
 # weights to settle its BatchNorm statistics and learn within ten epochs, few enough to keep a

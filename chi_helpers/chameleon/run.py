@@ -14,12 +14,14 @@ from pathlib import Path
 
 import nbformat
 
-from . import node_server, node_stack, reservation
-from .local_target import DEFAULT_WORKDIR
-from .progress import Clock
-from .series import NOTEBOOKS
-from .series_run import NotebookResult, finish, run_notebook, step
-from .variants import Variant
+from chi_helpers.chameleon import server as node_server
+from chi_helpers.chameleon import node_stack
+from chi_helpers.chameleon import reservation
+from chi_helpers.local.target import DEFAULT_WORKDIR
+from chi_helpers.progress import Clock
+from chi_helpers.series import NOTEBOOKS
+from chi_helpers.series.run import NotebookResult, finish, run_notebook, step
+from chi_helpers.variants import Variant
 
 
 def wait_for_active(lease_name: str, timeout: float, poll: float = 60, clock: Clock | None = None,

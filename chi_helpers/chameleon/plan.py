@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import node_setup, node_stack, parameters
-from .reservation import next_block
-from .series import NOTEBOOKS
-from .variants import Variant
+from chi_helpers import parameters
+from chi_helpers.chameleon import node_setup
+from chi_helpers.chameleon import node_stack
+from chi_helpers.chameleon.reservation import next_block
+from chi_helpers.series import NOTEBOOKS
+from chi_helpers.variants import Variant
 
 SECURITY_GROUP_PORTS = {"ssh": 22, "jupyter": 8888, "mlflow": 8000, "minio-api": 9000, "minio-console": 9001}
 
