@@ -123,17 +123,36 @@ def cmd_run(args) -> int:
 
 
 def cmd_release(args) -> int:
-    from chi_helpers.chameleon import release
+    from chi_helpers.chameleon import login, release
     from chi_helpers.parameters import default_user
+    from chi_helpers.variants import get_variant
 
     user = args.user or default_user()
-    if args.project:
-        from chi import context
-
-        context.use_project(args.project)
-        context.use_site(args.site)
+    site = args.site or get_variant(args.gpu).site  # the VM variant's lease is at KVM@TACC
+    login.sign_in(args.rc_file or "", args.project or "", site)
     lease_name = f"mlflow_{user}" if args.lease_name is None else args.lease_name
     release.release(lease_name, user, stop_stack=not args.keep_stack)
+    return 0
+
+
+def cmd_twin(args) -> int:
+    from chi_helpers.twin import daemon
+
+    if args.action == "up":
+        print(daemon.up(args.state_dir, speed=args.speed))  # the last line: the RC file's path
+    elif args.action == "status":
+        state = daemon.status(args.state_dir)
+        if args.json:
+            print(json.dumps({k: state[k] for k in ("leases", "servers", "floating_ips")}, indent=1))
+        else:
+            print(f"twin {'running at ' + state['url'] if state['running'] else 'not running'}")
+            for kind in ("leases", "servers", "floating_ips"):
+                shown = ", ".join(f"{x.get('name') or x.get('address')} ({x['status']})" for x in state[kind])
+                print(f"  {kind:13} {shown or 'none'}")
+    elif args.action == "fault":
+        print(json.dumps(daemon.fault(args.fault, args.state_dir)))
+    else:
+        daemon.down(args.state_dir)
     return 0
 
 
@@ -200,10 +219,19 @@ def build_parser() -> argparse.ArgumentParser:
     release = sub.add_parser("release", help="on Chameleon: stop the stack, delete the server and its IP, end the lease")
     release.add_argument("--lease-name", help="default: mlflow_<user>")
     release.add_argument("--user", help="default: this login's name")
-    release.add_argument("--project", help="your Chameleon project (credentials come from the OS_* variables)")
-    release.add_argument("--site", default="CHI@TACC")
+    release.add_argument("--project", help="your Chameleon project (not with an application credential: it has its own)")
+    release.add_argument("--gpu", choices=sorted(VARIANTS), default=DEFAULT_VARIANT, help="the variant (its site)")
+    release.add_argument("--site", help="default: the variant's site")
+    release.add_argument("--rc-file", help="an OpenStack RC file with your credentials (default: the OS_* environment)")
     release.add_argument("--keep-stack", action="store_true", help="do not try to stop the containers first")
     release.set_defaults(func=cmd_release)
+    twin = sub.add_parser("twin", help="a twin of Chameleon's services on this machine, to rehearse the chameleon target")
+    twin.add_argument("action", choices=["up", "status", "down", "fault"])
+    twin.add_argument("fault", nargs="?", help="with `fault`: lease-error, server-error, host-taken, keystone-refuses, ssh-drops")
+    twin.add_argument("--state-dir", type=Path, default=DEFAULT_WORKDIR / "twin")
+    twin.add_argument("--speed", type=float, default=60.0, help="how much faster waits for a lease's start pass")
+    twin.add_argument("--json", action="store_true", help="with `status`: the resources as JSON")
+    twin.set_defaults(func=cmd_twin)
     return parser
 
 

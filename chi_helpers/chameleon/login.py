@@ -147,3 +147,20 @@ def follow_site_list(site: str) -> None:
     if web is None:
         raise LoginError(f"site {site!r} is not in the site list at {url}: set site to one of its names")
     context.set("auth_url", f"{web}:5000/v3")
+
+
+def sign_in(rc_file: str = "", project: str = "", site: str = "CHI@TACC", need_key_pair: bool = False,
+            say=print) -> Login:
+    """What a notebook's sign-in cell does, for a process with no notebook (the CLI's runs and release):
+    check, then set python-chi's project and site."""
+    account = check(rc_file, project, need_key_pair)
+    if account.choose_project:
+        raise LoginError("no project is set: pass --project CHI-123456 (your project's name), or set OS_PROJECT_NAME")
+    say(account.describe())
+    from chi import context
+
+    if account.project:
+        context.use_project(account.project)
+    context.use_site(site)
+    follow_site_list(site)
+    return account

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 
+from chi_helpers.chameleon import login, openstack_rc
 from chi_helpers.chameleon import server as node_server
 from chi_helpers.chameleon import node_stack
 from chi_helpers.chameleon import reservation
@@ -21,6 +22,7 @@ from chi_helpers.local.target import DEFAULT_WORKDIR
 from chi_helpers.progress import Clock
 from chi_helpers.series import NOTEBOOKS
 from chi_helpers.series.run import NotebookResult, finish, run_notebook, step
+from chi_helpers.twin import guard as twin_guard
 from chi_helpers.variants import Variant
 
 
@@ -81,6 +83,19 @@ def run_node_notebook(node, variant: str, notebook: str, out_dir: Path) -> Noteb
     return result
 
 
+def _site_list(rc_file: str) -> str:
+    """Where python-chi will read the site list: the RC file's CHI_RESOURCE_API_URL, or the environment's."""
+    path = Path(rc_file).expanduser() if rc_file else None
+    if path and path.is_file():
+        found = openstack_rc.parse(path.read_text()).get("CHI_RESOURCE_API_URL")
+        if found:
+            return found
+    return os.environ.get("CHI_RESOURCE_API_URL", "")
+
+
+_STEP = {"01": "waiting for the lease", "04": "reaching the node's MLflow server", "07": "the registry check"}
+
+
 def connect(user: str):
     """The series' server (already up after notebook 02), as a python-chi Server."""
     import chi.server
@@ -110,6 +125,21 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
                   "lease_name": lease_name, "node_name": node_name, "rc_file": rc_file, "repo": repo, "ref": ref}
     results: list[NotebookResult] = []
     node = client = url = None
+    poll = 60
+    if twin_guard.is_twin(_site_list(rc_file)):
+        # A rehearsal against the twin: nothing may leave 127.0.0.0/8, here or in the notebooks' kernels.
+        twin_guard.install()
+        os.environ.update(twin_guard.environment())
+        poll = 3
+    # This process asks python-chi too (waiting for the lease, finding the node): it signs in as the
+    # notebooks do, before its first call, and a failure is reported like a notebook's.
+    try:
+        clock.say("signing in to Chameleon ...")
+        login.sign_in(rc_file, project, site, need_key_pair=True, say=clock.say)
+    except login.LoginError as error:
+        failed = NotebookResult("sign-in", "testbed", status="failed", error=f"LoginError: {error}")
+        return finish(clock, "chameleon", profile.name, None, False, out_dir,
+                      [failed, *[NotebookResult(e.name, e.side) for e in NOTEBOOKS]])
     for number, entry in enumerate(NOTEBOOKS, 1):
         if results and results[-1].status != "passed":
             results.append(NotebookResult(entry.name, entry.side))
@@ -123,7 +153,7 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
             continue
         try:
             if entry.source.startswith("01_"):
-                wait_for_active(lease_name, lease_timeout, clock=clock)
+                wait_for_active(lease_name, lease_timeout, poll=poll, clock=clock)
             elif entry.source.startswith("04_"):
                 node = connect(user)
                 url = f"http://{node.get_floating_ip()}:{mlflow_port}"
@@ -132,4 +162,9 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
                 client = None  # the release notebook deletes the server: nothing left to ask
         except (reservation.ReservationError, node_server.ServerError) as error:
             result.status, result.error = "failed", str(error)
+        except Exception as error:  # Keystone, Blazar, Nova, SSH: say which step, and what to do
+            result.status = "failed"
+            result.error = (f"after {entry.name}, {_STEP.get(entry.source[:2], 'the next step')} failed: "
+                            f"{type(error).__name__}: {error}. Run the same command again: every step is safe "
+                            "to repeat, and the report shows where it stopped.")
     return finish(clock, "chameleon", profile.name, url, False, out_dir, results)

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chi_helpers.twin import keystone
-from chi_helpers.twin.web import TwinServer, serve
-from chi_helpers.twin.world import World
+from chi_helpers.twin.web import Fault, Request, Service, TwinServer, reply, serve
+from chi_helpers.twin.world import FAULTS, World
 
 PORT = 5000  # python-chi builds auth_url as <site web>:5000/v3; every service shares the port
 SERVICE_MODULES = ["keystone", "sites", "blazar", "nova", "neutron", "glance"]
@@ -52,6 +52,38 @@ class Twin:
             self.nodes.stop()
         self.server.shutdown()
         self.server.server_close()
+
+
+def summary(world: World) -> dict:
+    """What `twin status --json` prints: every lease, server and floating IP that exists."""
+    with world.lock:
+        data = world.data
+        leases = [{"name": lease["name"], "id": lease["id"], "status": lease["status"],
+                   "start_date": lease["start_date"], "end_date": lease["end_date"]} for lease in data["leases"].values()]
+        servers = [{"name": server["name"], "id": server["id"], "status": server["status"]}
+                   for server in data["servers"].values()]
+        addresses = [{"address": ip["floating_ip_address"], "status": ip.get("status", "DOWN"),
+                      "port_id": ip.get("port_id"), "description": ip.get("description", "")}
+                     for ip in data["floatingips"].values()]
+    return {"leases": leases, "servers": servers, "floating_ips": addresses}
+
+
+class Admin(Service):
+    """The twin's own controls, beside the services: status, and faults on request."""
+
+    prefix = "/twin"
+    name = "twin"
+    routes = [("GET", "/status", "status"), ("POST", "/faults", "fault")]
+
+    def status(self, request: Request):
+        return reply(200, summary(self.world))
+
+    def fault(self, request: Request):
+        body = request.json()
+        if body.get("fault") not in FAULTS:
+            raise Fault(400, f"unknown fault {body.get('fault')!r}: one of {', '.join(FAULTS)}")
+        self.world.inject(body["fault"], int(body.get("count", 1)))
+        return reply(200, {"faults": self.world.faults})
 
 
 def free_address(state_dir: Path) -> str:
@@ -111,7 +143,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     world = World(state_dir, address, PORT, speed=speed)
     credential_id, secret = world.new_id().replace("-", ""), world.new_id().replace("-", "")
     keystone.seed(world, PROJECT, USER, PASSWORD, credential_id, secret)
-    mounted = []
+    mounted: list[Service] = [Admin(world)]
     for name in SERVICE_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
         mounted.extend(module.services(world))
@@ -139,3 +171,30 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     (state_dir / "twin.json").write_text(json.dumps({"address": address, "port": PORT, "pid": os.getpid(),
                                                      "rc_file": str(rc_file), "started": time.time()}))
     return twin
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The background process behind `twin up`: start, then serve until SIGTERM (`twin down`)."""
+    import argparse
+    import signal
+
+    parser = argparse.ArgumentParser(prog="python -m chi_helpers.twin.control")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--speed", type=float, default=60.0)
+    args = parser.parse_args(argv)
+    from chi_helpers.twin import guard
+
+    guard.install()  # the twin itself never reaches out either
+    twin = start(args.state_dir, speed=args.speed)
+    stopping = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    signal.signal(signal.SIGINT, lambda *_: stopping.set())
+    print(f"twin at {twin.url}; RC file {twin.rc_file}", flush=True)
+    stopping.wait()
+    twin.stop()
+    print("twin stopped", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

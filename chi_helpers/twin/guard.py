@@ -73,3 +73,11 @@ def environment(base: dict | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join([str(SITE_DIR), *paths])
     env[FLAG] = "1"
     return env
+
+
+def is_twin(site_list_url: str) -> bool:
+    """True when python-chi's site list is on a loopback address: a run against the twin."""
+    from urllib.parse import urlsplit
+
+    host = urlsplit(site_list_url).hostname if site_list_url else None
+    return bool(host) and allowed(host) and host not in ("", None)
