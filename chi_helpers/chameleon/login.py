@@ -17,6 +17,7 @@ Anything missing stops here with what to set, before a request is sent.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,6 +91,10 @@ def _key_pair(env: dict) -> str:
         problems.append(f"OS_KEYPAIR_PRIVATE_KEY ({private or 'not set'}) is not a private key file")
     if not name:
         problems.append("no key pair name: set OS_KEYPAIR_NAME (or USER)")
+    elif not re.fullmatch(r"[A-Za-z0-9_\- ]+", name):
+        # Nova (before API 2.92, which python-chi's key pair calls use) takes only these characters.
+        problems.append(f"the key pair name {name!r} may hold only letters, digits, '-', '_' and spaces: "
+                        "set OS_KEYPAIR_NAME to such a name")
     if problems:
         raise LoginError(
             "python-chi needs an SSH key pair to create the server and log in to it: " + "; ".join(problems) + ". "

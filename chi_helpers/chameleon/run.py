@@ -101,11 +101,16 @@ def connect(user: str):
     import chi.server
     from novaclient.exceptions import NotFound
 
+    from chi.exception import ResourceError
+
     try:
         server = chi.server.get_server(node_server.server_name(user))  # raises for a missing server
     except NotFound:
         raise node_server.ServerError(f"there is no server {node_server.server_name(user)}: run the server "
                                       "notebook (02) again") from None
+    except ResourceError as error:  # two servers of that name
+        raise node_server.ServerError(f"{error}: delete the extra one (dashboard: Compute > Instances), "
+                                      "then run this again") from None
     if server.get_floating_ip() is None:
         raise node_server.ServerError(f"{node_server.server_name(user)} is not up with a public address: "
                                       "run the server notebook (02) again")

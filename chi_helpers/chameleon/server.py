@@ -54,7 +54,7 @@ def open_ports(server) -> None:
             client.create_security_group_rule({"security_group_rule": {
                 "security_group_id": group["id"], "direction": "ingress", "protocol": "tcp", "ethertype": "IPv4",
                 "port_range_min": port, "port_range_max": port, "remote_ip_prefix": "0.0.0.0/0"}})
-        server.add_security_group(group_name)
+        server.add_security_group(group["id"])  # by id: a shared project may hold two groups of that name
 
 
 def own_floating_ip(server) -> str:

@@ -138,10 +138,10 @@ def lease_status(world, lease: dict) -> str:
 
 
 def _advance(world, lease: dict) -> str:
-    now = _now(world)
     start, end = _date(lease["start_date"]), _date(lease["end_date"])
+    created = datetime.strptime(lease["created_at"], STAMP)
     status = lease["status"]
-    if status == "PENDING" and now >= start:
+    if status == "PENDING" and world.reached(start, created):
         if lease.get("_fails_to_start"):
             lease["status"] = "ERROR"
             for reservation in lease["reservations"]:
@@ -161,9 +161,9 @@ def _advance(world, lease: dict) -> str:
             _set_event(lease, "start_lease", "DONE", world)
             world.record("blazar", f"lease {lease['name']} ({lease['id']}) started: ACTIVE")
         lease["updated_at"] = _stamp(world)
-    if lease["status"] in ("ACTIVE", "ERROR") and now >= _date(lease["end_date"]) - BEFORE_END:
+    if lease["status"] in ("ACTIVE", "ERROR") and world.reached(end - BEFORE_END, created, end=True):
         _set_event(lease, "before_end_lease", "DONE", world)
-    if now >= end and not lease.get("_ended"):
+    if world.reached(end, created, end=True) and not lease.get("_ended"):
         lease["_ended"] = True
         if lease["status"] != "ERROR":  # a lease in ERROR stays so; its hosts are freed all the same
             lease["status"] = "TERMINATED"

@@ -133,14 +133,17 @@ def make_key_pair(directory: Path) -> None:
 
 
 def start(state_dir: str | os.PathLike, address: str | None = None, speed: float = 1.0,
-          nodes: bool = True) -> Twin:
-    """Start the twin's services (and, with `nodes`, an SSH node per floating IP) in this process."""
+          nodes: bool = True, end_speed: float | None = None) -> Twin:
+    """Start the twin's services (and, with `nodes`, an SSH node per floating IP) in this process.
+
+    `speed`: how many times sooner a lease starts than its start date says (`end_speed`: ends;
+    default the same). A rehearsal of the whole series wants leases that start soon and last."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     address = address or free_address(state_dir)
     if not ipaddress.ip_address(address).is_loopback:
         raise ValueError(f"the twin only listens on loopback addresses (127.0.0.0/8), not {address}")
-    world = World(state_dir, address, PORT, speed=speed)
+    world = World(state_dir, address, PORT, speed=speed, end_speed=end_speed)
     credential_id, secret = world.new_id().replace("-", ""), world.new_id().replace("-", "")
     keystone.seed(world, PROJECT, USER, PASSWORD, credential_id, secret)
     mounted: list[Service] = [Admin(world)]
@@ -181,11 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chi_helpers.twin.control")
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--speed", type=float, default=60.0)
+    parser.add_argument("--end-speed", type=float, default=1.0)
     args = parser.parse_args(argv)
     from chi_helpers.twin import guard
 
     guard.install()  # the twin itself never reaches out either
-    twin = start(args.state_dir, speed=args.speed)
+    twin = start(args.state_dir, speed=args.speed, end_speed=args.end_speed)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())

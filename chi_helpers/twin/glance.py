@@ -107,8 +107,8 @@ class Glance(Service):
 
     def handle(self, request: Request) -> Reply:
         try:
-            if request.path not in ("/", "/versions", "/v2"):
-                request.token()
+            if request.path not in ("/", "/versions", "/v2") and not request.token().get("project"):
+                raise Fault(403, "You are not authorized to complete this action.")
             answer = super().handle(request)
         except Fault as fault:
             if fault.status != 401:

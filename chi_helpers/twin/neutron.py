@@ -1,9 +1,9 @@
 """Neutron v2.0, as far as python-chi 1.2.10 and the series use it: networks and subnets (read),
 ports, floating IPs, security groups and their rules, resource tags.
 
-Mounted at `/network` (the catalog's endpoint, to which neutronclient appends `/v2.0/...` and where
-openstacksdk asks for the versions first). What it keeps from Neutron, because python-chi and our
-helpers depend on it:
+Mounted at `/network`, the catalog's endpoint: neutronclient and openstacksdk (python-chi uses both)
+append `/v2.0/...` without asking for versions; `GET /network/` answers the versions list for a
+client that does. What it keeps from Neutron, because python-chi and our helpers depend on it:
 
 - Everything a project makes belongs to the token's project, and a project sees only its own ports,
   floating IPs and security groups (plus the shared and external networks). On Chameleon a class

@@ -103,7 +103,10 @@ def _reservation(world, reservation_id: str):
 
     finder = getattr(blazar, "reservation", None)
     if callable(finder):
-        return finder(world, reservation_id)
+        try:
+            return finder(world, reservation_id)
+        except (KeyError, ValueError, TypeError):  # a lease record Blazar cannot read: look ourselves
+            pass
     for lease in world.data["leases"].values():
         for reservation in lease.get("reservations") or []:
             if reservation.get("id") == reservation_id:
@@ -127,25 +130,29 @@ def sync_leases(world) -> None:
             continue
         found = _reservation(world, reservation_id)
         if found is None or found[1].get("status") == "deleted" or _lease_status(world, found[0]) in ("TERMINATED", "DELETED"):
-            remove_server(world, server["id"])
-            world.record("nova", f"server {server['name']} deleted: its reservation {reservation_id} ended")
+            remove_server(world, server["id"], f"its reservation {reservation_id} ended")
 
 
 def _lease_status(world, lease: dict) -> str:
     from . import blazar
 
     status = getattr(blazar, "lease_status", None)
-    return status(world, lease) if callable(status) else lease.get("status", "")
+    if callable(status):
+        try:
+            return status(world, lease)
+        except (KeyError, ValueError, TypeError):  # a lease written without Blazar's dates: as stored
+            pass
+    return lease.get("status", "")
 
 
-def remove_server(world, server_id: str) -> None:
+def remove_server(world, server_id: str, why: str = "") -> None:
     """Delete a server as Nova does (also when Blazar ends its lease): the ports Nova made for it are
     deleted, ports the user made are unbound; their floating IPs stay the project's, unbound."""
     server = world.data["servers"].pop(server_id, None)
     if server is None:
         return
     _drop_ports(world, server)
-    world.record("nova", f"server {server['name']} ({server_id}) deleted")
+    world.record("nova", f"server {server['name']} ({server_id}) deleted" + (f": {why}" if why else ""))
 
 
 def advance(world) -> bool:
@@ -275,7 +282,7 @@ def _later(world, delay: float) -> None:
     """Advance the servers once `delay` seconds from now (what the node and `twin status` see)."""
     def tick():
         with world.lock:
-            if advance(world):
+            if advance(world) and world.state_dir.exists():  # not after the twin's folder is gone
                 world.save()
 
     timer = threading.Timer(max(delay, 0) + 0.02, tick)
@@ -692,11 +699,20 @@ class Nova(Service):
             raise Fault(400, f"Additional properties are not allowed ({', '.join(repr(e) for e in extra)} "
                              f"{'was' if len(extra) == 1 else 'were'} unexpected)")
         name = given.get("name")
+        # Nova's name formats: letters, digits, "-", "_" and " " (2.92 adds "@" and ".")
         characters = r"[a-zA-Z0-9 _@.-]" if request.version >= (2, 92) else r"[a-zA-Z0-9 _-]"
-        if not isinstance(name, str) or not 1 <= len(name) <= 255:
-            raise Fault(400, "Keypair data is invalid: Keypair name must be string and between 1 and 255 characters long")
-        if not re.fullmatch(f"{characters}+", name) or name != name.strip():
-            raise Fault(400, "Keypair data is invalid: Keypair name contains unsafe characters")
+        problem = None
+        if not isinstance(name, str) or len(name) > 255:
+            problem = "Keypair name must be string and between 1 and 255 characters long"
+        elif not name:
+            problem = "Keypair name cannot be empty"
+        elif name != name.strip():
+            problem = "Keypair name cannot have leading or trailing spaces"
+        elif not re.fullmatch(f"{characters}+", name):
+            problem = f"Keypair name contains invalid characters: {name}"
+        if problem:
+            raise Fault(400, f"Invalid input for field/attribute name. Value: {name}. An invalid 'name' value was "
+                             f"provided. The name must be: {problem}")
         kind = given.get("type", "ssh")
         if kind not in ("ssh", "x509"):
             raise Fault(400, f"Invalid input for field/attribute type. Value: {kind}. '{kind}' is not one of ['ssh', 'x509']")
@@ -784,6 +800,8 @@ class Nova(Service):
             body["trusted_image_certificates"] = None
         if request.version >= (2, 73):
             body["locked_reason"] = None
+        if request.version >= (2, 90):
+            body["OS-EXT-SRV-ATTR:hostname"] = re.sub(r"[^a-z0-9-]+", "-", server["name"].lower()).strip("-")[:63]
         return body
 
     def _filtered(self, request: Request) -> list[dict]:
@@ -834,7 +852,10 @@ class Nova(Service):
         return reply(200, {"servers": [self._show(s, request) for s in servers], **self._links(servers, request, True)})
 
     def get_server(self, request: Request):
-        return reply(200, {"server": self._show(self._server(request), request)})
+        body = self._show(self._server(request), request)
+        if request.version >= (2, 71):
+            body["server_groups"] = []
+        return reply(200, {"server": body})
 
     # --- servers: creating and deleting ---------------------------------------------------------
 

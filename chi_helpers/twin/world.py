@@ -1,8 +1,10 @@
 """The twin's state: every project, lease, server and address, kept across calls and saved to disk.
 
 All services share one `World` and take its lock for every request, so a request sees a consistent
-state. Its clock can run faster than real time (`speed`), so a lease made for the next full hour
-starts within seconds in a test. `faults` holds one-shot failures asked for by a test or by
+state. Its clock is real time (clients compute lease dates from theirs, and Blazar refuses a start
+in the past), but waits are shortened: a lease made for the next full hour starts `speed` times
+sooner than its start date says (`reached`), so in a test it starts within seconds; its dates,
+and so the host's calendar, stay as asked. `end_speed` does the same for its end. `faults` holds one-shot failures asked for by a test or by
 `twin fault ...`; each is used up by the first request it applies to.
 """
 
@@ -21,15 +23,10 @@ FAULTS = ("lease-error", "server-error", "keystone-refuses", "ssh-drops", "host-
 
 
 class Clock:
-    """Real time, or real time run `speed` times faster from the moment the twin started."""
-
-    def __init__(self, speed: float = 1.0, start: datetime | None = None):
-        self.speed = speed
-        self.origin_real = time.time()
-        self.origin = start or datetime.now(timezone.utc)
+    """Real time: the dates clients send are computed from this machine's clock, as on Chameleon."""
 
     def now(self) -> datetime:
-        return self.origin + timedelta(seconds=(time.time() - self.origin_real) * self.speed)
+        return datetime.now(timezone.utc)
 
 
 @dataclass
@@ -38,13 +35,16 @@ class World:
     address: str  # the services' loopback address, e.g. 127.77.0.1
     port: int  # the port every service but Keystone-on-5000 answers on
     speed: float = 1.0
+    end_speed: float | None = None  # None: as `speed`
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     data: dict = field(default_factory=dict)
     faults: dict = field(default_factory=dict)  # name -> remaining count (or detail)
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
-        self.clock = Clock(self.speed)
+        self.clock = Clock()
+        if self.end_speed is None:
+            self.end_speed = self.speed
         for table in ("projects", "users", "application_credentials", "tokens", "hosts", "leases", "flavors",
                       "images", "keypairs", "servers", "networks", "subnets", "ports", "floatingips",
                       "security_groups", "security_group_rules"):
@@ -59,6 +59,14 @@ class World:
 
     def now(self) -> datetime:
         return self.clock.now()
+
+    def reached(self, moment: datetime, since: datetime, end: bool = False) -> bool:
+        """Has `moment` come, with the wait from `since` shortened `speed` (or `end_speed`) times?
+        Naive datetimes are UTC."""
+        utc = lambda t: t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t  # noqa: E731
+        moment, since, now = utc(moment), utc(since), self.now()
+        factor = max(self.end_speed if end else self.speed, 1.0)
+        return now >= moment or now >= since + (moment - since) / factor
 
     def url(self, prefix: str = "") -> str:
         return f"http://{self.address}:{self.port}{prefix}"

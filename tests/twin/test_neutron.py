@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import ipaddress
+import time
 
 import pytest
 
@@ -32,9 +33,16 @@ def server_with_port(world, project_id: str, name: str, address: str) -> tuple[s
     return server_id, port_id
 
 
-def requests_made(twin) -> list[str]:
-    return [line.rsplit(" ", 1)[0] for line in (twin.world.state_dir / "requests.log").read_text().splitlines()
-            if "/network/" in line]
+def requests_made(twin, last: str, times: int = 1) -> list[str]:
+    """The Neutron requests so far, once `last` is among them `times` times (the twin logs a request
+    just after answering it, so the client can be a little ahead of the log)."""
+    log = twin.world.state_dir / "requests.log"
+    for _ in range(100):
+        made = [line.rsplit(" ", 1)[0] for line in log.read_text().splitlines() if "/network/" in line]
+        if made.count(last) >= times:
+            break
+        time.sleep(0.02)
+    return made
 
 
 def test_sharednet1_and_public_are_there(chi):
@@ -67,9 +75,7 @@ def test_a_floating_ip_is_allocated_bound_and_released(chi, twin):
     assert twin.world.data["floatingips"][fip["id"]]["port_id"] == port_id  # what Nova reads
 
     network.deallocate_floating_ip(address)
-    with pytest.raises(CHIValueError):
-        network.get_floating_ip(address)
-    assert requests_made(twin)[-6:] == [
+    assert requests_made(twin, f"DELETE /network/v2.0/floatingips/{fip['id']}")[-6:] == [
         "GET /network/v2.0/floatingips",  # get_free_floating_ip, from associate_floating_ip
         f"GET /network/v2.0/ports?device_id={server_id}",  # openstacksdk: the server's ports
         f"PUT /network/v2.0/floatingips/{fip['id']}",  # {"floatingip": {"port_id": ...}}
@@ -77,11 +83,14 @@ def test_a_floating_ip_is_allocated_bound_and_released(chi, twin):
         "GET /network/v2.0/floatingips",  # deallocate_floating_ip looks the address up...
         f"DELETE /network/v2.0/floatingips/{fip['id']}",  # ...and deletes it by id
     ]
+    with pytest.raises(CHIValueError):
+        network.get_floating_ip(address)
 
 
 def test_associate_takes_the_first_unbound_floating_ip_of_the_project_even_a_classmates(chi, twin):
     from chi import network, server
     from chi.clients import neutron
+    from chi.exception import ResourceError
 
     # The path python-chi takes: Server.associate_floating_ip() -> associate_floating_ip(id) ->
     # network.get_free_floating_ip(), the first floating IP of the project list with no port.
@@ -103,10 +112,15 @@ def test_associate_takes_the_first_unbound_floating_ip_of_the_project_even_a_cla
     assert taken == unbound[0]["floating_ip_address"]  # a classmate's address, allocated but not yet bound
     assert len(network.list_floating_ips()) == 3  # nothing new was allocated
 
-    # Naming an address that is bound elsewhere moves it: Neutron does not refuse.
-    moved = server.associate_floating_ip(mine, classmate[0]["floating_ip_address"])
+    # A port that has a floating IP gets no second one (Neutron: 409 FloatingIPPortAlreadyAssociated);
+    # python-chi swallows the 409 and says that no port "can route" to the address.
+    with pytest.raises(ResourceError, match="None of the ports can route"):
+        server.associate_floating_ip(mine, unbound[1]["floating_ip_address"])
+    # Naming an address that is bound to another server moves it there: Neutron does not refuse.
+    other, other_port = server_with_port(twin.world, project, "node-mlflow-def456", "10.52.0.32")
+    moved = server.associate_floating_ip(other, classmate[0]["floating_ip_address"])
     assert moved == classmate[0]["floating_ip_address"]
-    assert network.get_floating_ip(moved)["port_id"] != their_port
+    assert network.get_floating_ip(moved)["port_id"] == other_port  # no longer the classmate's server
 
 
 def test_floating_ips_are_scoped_to_the_project(chi, twin):
@@ -115,11 +129,11 @@ def test_floating_ips_are_scoped_to_the_project(chi, twin):
     from neutronclient.common.exceptions import NotFound
 
     other = "0ther0000000000000000000000000000"
-    ident = twin.world.new_id()
+    ident, public = twin.world.new_id(), network.get_network_id("public")
     with twin.world.lock:
         twin.world.data["floatingips"][ident] = {
             "id": ident, "project_id": other, "tenant_id": other, "floating_ip_address": twin.world.next_address(),
-            "floating_network_id": network.get_network_id("public"), "port_id": None, "fixed_ip_address": None,
+            "floating_network_id": public, "port_id": None, "fixed_ip_address": None,
             "router_id": None, "status": "DOWN", "description": "", "tags": []}
     assert network.list_floating_ips() == []
     assert neutron().list_floatingips(tenant_id=other)["floatingips"] == []
@@ -159,7 +173,9 @@ def test_security_group_submit_idempotent_reuses_a_group_by_name_without_its_rul
     again = network.SecurityGroup({"name": "allow-22", "description": "SSH for the MLflow series"})
     again.add_rule(direction="ingress", protocol="tcp", port=22)
     again.submit(idempotent=True)
-    assert again.id == group.id and requests_made(twin)[-1] == "GET /network/v2.0/security-groups"
+    assert again.id == group.id
+    assert requests_made(twin, "GET /network/v2.0/security-groups", times=2)[-2:] == [
+        f"GET /network/v2.0/security-groups/{group.id}", "GET /network/v2.0/security-groups"]  # and no POST
 
     # A group of that name made earlier without rules (by a classmate, or a run that stopped halfway)
     # is returned as it is: submit(idempotent=True) neither checks nor adds the rules asked for.

@@ -131,7 +131,8 @@ def test_flavors_as_python_chi_reads_them(chi, twin):
                         "resources:CUSTOM_RESERVATION_" + reservation_id.upper().replace("-", "_"): "1"}}
     (reserved,) = chi.server.list_flavors(reservation_id=reservation_id)
     assert reserved.name == f"reservation:{reservation_id}" and reserved.extras["trait:CUSTOM_GPU"] == "required"
-    assert f"reservation:{reservation_id}" not in {f.name for f in chi.server.list_flavors(reservable=True)}
+    reservable = {f.name for f in chi.server.list_flavors(reservable=True)}
+    assert "g1.h100.pci.1" in reservable and f"reservation:{reservation_id}" not in reservable
     world.data["flavors"][reservation_id]["_access"] = []  # before the lease starts: not visible
     assert chi.server.list_flavors(reservation_id=reservation_id) == []
 
@@ -263,7 +264,7 @@ def test_python_chi_makes_the_key_pair_from_the_context(node):
 def test_a_key_pair_that_does_not_exist_is_refused(node):
     import chi.server
     from chi.exception import ResourceError
-    from novaclient.exceptions import Conflict, NotFound
+    from novaclient.exceptions import BadRequest, Conflict, NotFound
 
     server = chi.server.Server("node-nokey", reservation_id=None, image_name="CC-Ubuntu24.04", key_name="nobody")
     assert server.keypair.public_key is None  # python-chi does not make a key pair it was named
@@ -276,6 +277,10 @@ def test_a_key_pair_that_does_not_exist_is_refused(node):
     public_key = node.world.data["keypairs"]["twin-key"]["public_key"]
     with pytest.raises(Conflict):
         nova.keypairs.create("twin-key", public_key=public_key)
+    with pytest.raises(BadRequest, match="invalid characters"):  # "." and "@" only from microversion 2.92
+        nova.keypairs.create("first.last-jupyter", public_key=public_key)
+    with pytest.raises(BadRequest, match="fingerprint"):
+        nova.keypairs.create("broken", public_key="ssh-rsa not-a-key")
 
 
 # --- security groups, floating IPs, delete -------------------------------------------------------
@@ -334,3 +339,19 @@ def test_metadata_and_interfaces(node):
     nova = chi.server.nova()
     (interface,) = nova.servers.interface_list(server_id)
     assert interface.net_id == chi.network.get_network_id("sharednet1") and interface.fixed_ips[0]["ip_address"].startswith("10.52.")
+
+
+def test_a_server_goes_when_its_lease_ends(node):
+    import chi.server
+    from novaclient.exceptions import NotFound
+
+    world = node.world
+    reservation_id = lease(world, project_id(node))
+    server_id = launch("node-ending", reservation_id).id
+    (lease_record,) = [l for l in world.data["leases"].values() if l["reservations"][0]["id"] == reservation_id]
+    ended = world.now().astimezone(timezone.utc).replace(tzinfo=None) - timedelta(minutes=1)
+    with world.lock:
+        lease_record["end_date"] = ended.strftime(LEASE_DATE)
+    with pytest.raises(NotFound):
+        chi.server.nova().servers.get(server_id)
+    assert not [p for p in world.data["ports"].values() if p["device_id"] == server_id]
