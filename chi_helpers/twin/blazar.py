@@ -139,7 +139,8 @@ def lease_status(world, lease: dict) -> str:
 
 def _advance(world, lease: dict) -> str:
     start, end = _date(lease["start_date"]), _date(lease["end_date"])
-    created = datetime.strptime(lease["created_at"], STAMP)
+    # Waits are shortened from the lease's creation (a record without one waits the full time).
+    created = datetime.strptime(lease["created_at"], STAMP) if lease.get("created_at") else None
     status = lease["status"]
     if status == "PENDING" and world.reached(start, created):
         if lease.get("_fails_to_start"):

@@ -60,11 +60,14 @@ class World:
     def now(self) -> datetime:
         return self.clock.now()
 
-    def reached(self, moment: datetime, since: datetime, end: bool = False) -> bool:
+    def reached(self, moment: datetime, since: datetime | None, end: bool = False) -> bool:
         """Has `moment` come, with the wait from `since` shortened `speed` (or `end_speed`) times?
-        Naive datetimes are UTC."""
+        Naive datetimes are UTC; without `since`, the full wait."""
         utc = lambda t: t.replace(tzinfo=timezone.utc) if t.tzinfo is None else t  # noqa: E731
-        moment, since, now = utc(moment), utc(since), self.now()
+        moment, now = utc(moment), self.now()
+        if since is None:
+            return now >= moment
+        since = utc(since)
         factor = max(self.end_speed if end else self.speed, 1.0)
         return now >= moment or now >= since + (moment - since) / factor
 
