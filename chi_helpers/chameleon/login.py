@@ -168,4 +168,23 @@ def sign_in(rc_file: str = "", project: str = "", site: str = "CHI@TACC", need_k
         context.use_project(account.project)
     context.use_site(site)
     follow_site_list(site)
+    verify()
     return account
+
+
+def verify() -> None:
+    """Ask Keystone for a token now, so that refused credentials stop here, in a sentence, and not in
+    the middle of the first reservation or server call."""
+    from chi import context
+    from keystoneauth1 import exceptions
+
+    try:
+        context.session().get_project_id()
+    except exceptions.Unauthorized:
+        raise LoginError(
+            "Keystone refused these credentials (401). An application credential may have expired or been "
+            f"deleted, or its secret mistyped: {RC_HELP}. With a project name set, check that it is yours."
+        ) from None
+    except exceptions.ConnectFailure as error:
+        raise LoginError(f"Keystone at {context.get('auth_url')} cannot be reached ({error}): check the "
+                         "site and OS_AUTH_URL") from None

@@ -39,3 +39,38 @@ def chi(twin, monkeypatch):
     context.use_site("CHI@TACC")
     yield context
     context.reset()
+
+
+@pytest.fixture
+def twin_with_nodes(tmp_path):
+    """The twin with an SSH node behind every floating IP bound to an ACTIVE server."""
+    started = control.start(tmp_path / "twin", speed=600, nodes=True)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def chi_at_twin(twin, monkeypatch):
+    """What loading the RC file before python-chi's first import does in a fresh process. This test
+    process imported python-chi already, and it keeps the site list's address from that import."""
+    import chi.context
+    import chi.hardware
+
+    url = twin.environment()["CHI_RESOURCE_API_URL"]
+    monkeypatch.setattr(chi.context, "RESOURCE_API_URL", url)
+    monkeypatch.setattr(chi.hardware, "RESOURCE_API_URL", url)
+
+
+@pytest.fixture
+def clean_environment():
+    """No OS_* or CHI_* variables at the start; whatever the test loads (an RC file) is undone after."""
+    saved = dict(os.environ)
+    for key in list(os.environ):
+        if key.startswith(("OS_", "CHI_RESOURCE")):
+            del os.environ[key]
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+    import chi.context
+
+    chi.context.reset()
