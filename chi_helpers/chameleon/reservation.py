@@ -191,7 +191,17 @@ def submit(profile: Variant, lease_name: str, node_name: str | None, start: date
         lease.add_flavor_reservation(name=profile.node_type, amount=1)
     # Not idempotent=True: python-chi would look the name up with get_lease, which fails when an old
     # lease has the same name; existing_lease above has already looked, the way Blazar allows.
-    lease.submit(idempotent=False, wait_for_active=False)
+    from chi.exception import ResourceError
+
+    try:
+        lease.submit(idempotent=False, wait_for_active=False)
+    except ResourceError:  # python-chi logs Blazar's reason and raises "Unable to make lease"
+        what = f"{node_name} is not free" if profile.reservation == "node" else f"no {profile.node_type} is free"
+        raise ReservationError(
+            f"Blazar would not make lease {lease_name!r}: {what} from {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC "
+            "(someone else has it then, or it is under maintenance). Reserve its first free block instead: "
+            'start, end = reservation.choose_window(profile, node_name, when="free"), or another host.'
+        ) from None
     print(f"made lease {lease_name!r}: " + describe(lease))
     return lease
 
