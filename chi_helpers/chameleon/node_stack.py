@@ -32,7 +32,10 @@ def console_credentials_command() -> str:
 
 
 def jupyter_run_command(profile: Variant, address: str) -> str:
+    # Safe to run again (a rerun of notebook 04): a container of that name already running is kept,
+    # where a second `docker run --name jupyter` would fail with "name already in use".
     return (
+        "docker ps -q --filter name=^jupyter$ | grep -q . || "
         "docker run -d --rm --name jupyter -p 8888:8888 --shm-size 16G "
         f"{profile.docker_gpu_flags} "
         f"-v {REMOTE_REPO}/workspace_mlflow:/home/jovyan/work -v food11:/mnt "

@@ -119,7 +119,7 @@ def connect(user: str):
 
 def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, project: str, site: str, user: str,
                   rc_file: str = "", repo: str = "", ref: str = "main", output_dir: str | os.PathLike | None = None,
-                  lease_timeout: float = 3600, mlflow_port: int = 8000) -> dict:
+                  lease_timeout: float = 3600, mlflow_port: int = 8000, end_lease: bool = False) -> dict:
     """Run the whole series on Chameleon; the report has the same shape as the local target's."""
     from mlflow import MlflowClient
 
@@ -127,7 +127,9 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
     out_dir = Path(output_dir or DEFAULT_WORKDIR / "output" / f"chameleon-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
     parameters = {"variant": profile.name, "target": "chameleon", "project": project, "site": site, "user": user,
-                  "lease_name": lease_name, "node_name": node_name, "rc_file": rc_file, "repo": repo, "ref": ref}
+                  "lease_name": lease_name, "node_name": node_name, "rc_file": rc_file, "repo": repo, "ref": ref,
+                  # By default the run leaves lease, server and address for a rerun; `release` ends them.
+                  "end_lease": end_lease}
     results: list[NotebookResult] = []
     node = client = url = None
     poll = 60

@@ -1,0 +1,77 @@
+"""The chameleon target end to end against the twin: the README's commands, run as an instructor would
+rehearse a term, through the real python-chi, keystoneauth, the OpenStack clients, Fabric and papermill.
+
+`twin up` starts the twin as a background process; `run --target chameleon ... --rc-file` executes
+all nine notebooks (01-04 and 08 here, 05-07 over SSH on the twin's node, at small training sizes)
+and writes the report; a second run makes nothing new; `release` leaves nothing behind. Every
+process here, and every notebook kernel, is guarded: nothing may leave 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from chi_helpers.twin import guard
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def command(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "CHI_RESOURCE", "MLFLOW_", "FOOD11_"))}
+    return subprocess.run([sys.executable, "-m", "chi_helpers", *args], capture_output=True, text=True, cwd=REPO,
+                          env=guard.environment(env), timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def twin_daemon(tmp_path_factory):
+    state = tmp_path_factory.mktemp("twin-daemon")
+    up = command("twin", "up", "--state-dir", str(state), timeout=120)
+    assert up.returncode == 0, up.stderr[-3000:]
+    rc_file = up.stdout.strip().splitlines()[-1]  # the last line: the RC file's path
+    assert Path(rc_file).is_file()
+    yield state, rc_file
+    down = command("twin", "down", "--state-dir", str(state), timeout=120)
+    assert down.returncode == 0, down.stderr[-3000:]
+
+
+def status(state: Path) -> dict:
+    done = command("twin", "status", "--json", "--state-dir", str(state), timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout)
+
+
+def chameleon_run(state, rc_file, out: Path, variant: str = "nvidia", node: str = "liqid01", user: str = "ci01"):
+    args = ["run", "--target", "chameleon", "--gpu", variant, "--project", "CHI-000000", "--user", user,
+            "--lease-name", f"mlflow_{user}", "--rc-file", rc_file, "--output", str(out)]
+    if node:
+        args += ["--node", node]
+    return command(*args, timeout=1500)
+
+
+def test_the_readme_rehearsal_runs_twice_and_releases(twin_daemon, tmp_path):
+    state, rc_file = twin_daemon
+    first = chameleon_run(state, rc_file, tmp_path / "first")
+    report = json.loads((tmp_path / "first" / "report.json").read_text()) if (tmp_path / "first" / "report.json").exists() else {}
+    assert first.returncode == 0, (first.stdout[-4000:], first.stderr[-3000:], json.dumps(report)[:3000])
+    assert report["passed"] and [nb["status"] for nb in report["notebooks"]] == ["passed"] * 9
+    assert any(nb["runs"] for nb in report["notebooks"] if nb["name"].startswith("05"))  # runs on the node's MLflow
+    for name in ("05_track_pytorch.ipynb", "06_lightning.ipynb", "07_registry.ipynb"):
+        assert (tmp_path / "first" / name).stat().st_size > 0  # came back over SSH
+
+    second = chameleon_run(state, rc_file, tmp_path / "second")
+    assert second.returncode == 0, second.stdout[-4000:]
+    now = status(state)
+    assert [lease["name"] for lease in now["leases"]] == ["mlflow_ci01"]
+    assert [server["name"] for server in now["servers"]] == ["node-mlflow-ci01"]
+    assert len(now["floating_ips"]) == 1
+
+    released = command("release", "--lease-name", "mlflow_ci01", "--user", "ci01", "--project", "CHI-000000",
+                       "--rc-file", rc_file)
+    assert released.returncode == 0, released.stderr[-3000:]
+    assert status(state) == {"leases": [], "servers": [], "floating_ips": []}
