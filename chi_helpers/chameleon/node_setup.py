@@ -106,21 +106,44 @@ class StepFailed(RuntimeError):
     """A setup step failed; the message holds the command and the tail of its output."""
 
 
-def run(node, step: Step) -> str:
+# What a dropped or refused SSH connection raises (paramiko, Fabric, the socket underneath).
+def _connection_errors() -> tuple[type[BaseException], ...]:
+    import paramiko
+
+    return (paramiko.SSHException, EOFError, ConnectionError, TimeoutError, OSError)
+
+
+def run(node, step: Step, retry_after: float = 5.0) -> str:
     """Run one step on the node (a python-chi Server), its output shown as it comes.
 
-    A failing command raises StepFailed with the command and the tail of its output.
+    A failing command raises StepFailed with the command and the tail of its output. A connection
+    that drops is tried once more (every step is safe to run twice); a second drop is a StepFailed
+    that says what to check.
     """
+    import time
+
     from invoke.exceptions import UnexpectedExit
 
     print(f"--- {step.title}\n$ {step.command}", flush=True)
-    if step.upload:
-        node.upload(step.upload, ARCHIVE)
-    try:
-        result = node.execute(step.command)
-    except UnexpectedExit as failure:
-        result = failure.result
-        output = (result.stdout or "") + (result.stderr or "")
-        tail = "\n".join(output.strip().splitlines()[-15:])
-        raise StepFailed(f"step '{step.title}' failed with status {result.exited}:\n$ {step.command}\n{tail}") from None
+    for attempt in (1, 2):
+        try:
+            if step.upload:
+                node.upload(step.upload, ARCHIVE)
+            result = node.execute(step.command)
+            break
+        except UnexpectedExit as failure:
+            result = failure.result
+            output = (result.stdout or "") + (result.stderr or "")
+            tail = "\n".join(output.strip().splitlines()[-15:])
+            raise StepFailed(f"step '{step.title}' failed with status {result.exited}:\n$ {step.command}\n{tail}") from None
+        except _connection_errors() as error:
+            if attempt == 2:
+                raise StepFailed(
+                    f"step '{step.title}': the SSH connection to the node failed twice ({type(error).__name__}: "
+                    f"{error}). Check that the server is ACTIVE and port 22 answers, then run this notebook again: "
+                    "every step is safe to repeat."
+                ) from None
+            print(f"    the SSH connection dropped ({type(error).__name__}); trying again in {retry_after:.0f} s",
+                  flush=True)
+            time.sleep(retry_after)
     return (result.stdout or "") + (result.stderr or "")

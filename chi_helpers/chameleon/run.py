@@ -69,6 +69,12 @@ def run_node_notebook(node, variant: str, notebook: str, out_dir: Path) -> Noteb
         result.status = "failed"
         output = (failure.result.stdout or "") + (failure.result.stderr or "")
         result.error = "\n".join(output.strip().splitlines()[-5:]) or f"exit status {failure.result.exited}"
+    except Exception as error:  # the connection, not the notebook: SSH dropped, the node unreachable
+        result.status = "failed"
+        result.error = (f"could not run {notebook} on the node over SSH ({type(error).__name__}: {error}). Check "
+                        "that the server is ACTIVE and port 22 answers, then run the same command again.")
+        result.seconds = time.monotonic() - start
+        return result
     result.seconds = time.monotonic() - start
     try:
         with node.ssh_connection() as connection:
