@@ -127,10 +127,14 @@ def cmd_release(args) -> int:
     from chi_helpers.parameters import default_user
     from chi_helpers.variants import get_variant
 
+    from chi_helpers.parameters import check_name
+
     user = args.user or default_user()
     site = args.site or get_variant(args.gpu).site  # the VM variant's lease is at KVM@TACC
-    login.sign_in(args.rc_file or "", args.project or "", site)
     lease_name = f"mlflow_{user}" if args.lease_name is None else args.lease_name
+    check_name("lease_name", lease_name, "mlflow_abc123")  # before any request
+    check_name("user", user, "abc123")
+    login.sign_in(args.rc_file or "", args.project or "", site)
     release.release(lease_name, user, stop_stack=not args.keep_stack)
     return 0
 

@@ -77,7 +77,7 @@ def _method(env: dict) -> str:
                          f"application credential: {RC_HELP}")
     if auth_type in ("token", "v3token") and env.get("OS_TOKEN"):
         return "a Keystone token"
-    raise LoginError("this kernel has no Chameleon credentials: no rc_file, and no OS_* variables to sign in with. "
+    raise LoginError("no Chameleon credentials here: no rc_file, and no OS_* variables to sign in with. "
                      f"On Chameleon's JupyterHub they come with your session; elsewhere {RC_HELP}.")
 
 
