@@ -265,7 +265,19 @@ def expected_files() -> dict[Path, str]:
     pages[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
     files.update(share_styles(pages))
     files[START_HERE] = notebook_text(start_here_notebook())
+    for variant in VARIANTS:
+        # papermill does not make its output's folder: the node-side runs write here, so it ships.
+        files[REPO_ROOT / "workspace_mlflow" / variant / "executed" / "README.md"] = EXECUTED_README
     return files
+
+
+EXECUTED_README = """\
+# Executed notebooks
+
+A headless run on the node (`python -m chi_helpers run --target chameleon ...`) has papermill write
+the executed copies of this folder's notebooks here, and fetches them into its report. The folder
+ships with the series because papermill does not create its output folder.
+"""
 
 
 def stale_outputs(files: dict[Path, str]) -> list[Path]:

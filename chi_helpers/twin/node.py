@@ -16,6 +16,7 @@ incoming connection right after the TCP accept.
 from __future__ import annotations
 
 import base64
+import logging
 import os
 import posixpath
 import select
@@ -35,6 +36,20 @@ USER = "cc"
 HOME = "/home/cc"
 BANNER = "SSH-2.0-OpenSSH_9.6p1 Ubuntu-3ubuntu13.5"  # what Ubuntu 24.04's sshd says
 GONE_STATUSES = ("DELETED", "SOFT_DELETED")
+LOG_CHANNEL = "paramiko.transport.twin-node"  # the server side's paramiko log
+
+
+class _QuietHangUps(logging.Filter):
+    """A client that closes while the server still says goodbye makes paramiko log an ERROR on the server
+    side; sshd only notes it in its debug log. Everything else (a bug in the twin) is still logged."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("Connection reset by peer" in message or "Broken pipe" in message
+                    or "Error reading SSH protocol banner" in message)
+
+
+logging.getLogger(LOG_CHANNEL).addFilter(_QuietHangUps())
 
 
 # --- what a node is ------------------------------------------------------------------------------
@@ -387,12 +402,15 @@ class NodeServer(paramiko.ServerInterface):
     def check_auth_none(self, username):
         return paramiko.AUTH_FAILED
 
-    def check_auth_password(self, username, password):
-        return paramiko.AUTH_FAILED
-
     def check_auth_publickey(self, username, key):
         if username == USER and self.node.authorizes(key):
             return paramiko.AUTH_SUCCESSFUL
+        self.node.note(f"refused SSH login from {self.peer}: publickey for {username} "  # as sshd's log says
+                       f"({key.get_name()} {key.fingerprint}); only user {USER} with the server's key pair")
+        return paramiko.AUTH_FAILED
+
+    def check_auth_password(self, username, password):
+        self.node.note(f"refused SSH login from {self.peer}: password for {username} (public keys only)")
         return paramiko.AUTH_FAILED
 
     def check_channel_request(self, kind, chanid):
@@ -429,6 +447,7 @@ class Listener:
         self._lock = threading.Lock()
         self._transports: set[paramiko.Transport] = set()
         self._threads: set[threading.Thread] = set()
+        self._barrier = threading.Lock()
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -480,6 +499,7 @@ class Listener:
             connection.close()
             return
         transport = paramiko.Transport(connection)
+        transport.set_log_channel(LOG_CHANNEL)
         transport.local_version = BANNER
         transport.add_server_key(self.nodes.host_key)
         transport.set_subsystem_handler("sftp", SFTPServer, NodeSFTP, self.node)
@@ -492,14 +512,6 @@ class Listener:
             transport.start_server(server=NodeServer(self, peer))
         except (paramiko.SSHException, EOFError, OSError):
             transport.close()
-            return
-        # Wait for the client to authenticate, to note a refusal as sshd's log would.
-        deadline = time.monotonic() + 60
-        while transport.is_active() and not transport.is_authenticated() and time.monotonic() < deadline:
-            if self._stopping.wait(0.1):
-                return
-        if not transport.is_authenticated():
-            self.node.note(f"refused SSH login from {peer} (only user {USER} with the server's key pair)")
 
     def execute(self, channel: paramiko.Channel, command: str, peer: str) -> None:
         self._start(self._run, channel, command, peer, name=f"twin-node-{self.node.name}-command")
@@ -515,6 +527,15 @@ class Listener:
             except (OSError, EOFError, paramiko.SSHException):
                 pass  # the client went away: the command goes on, as it would on the node
 
+        # paramiko replies to the exec request only after check_channel_exec_request returns: a command
+        # that ends at once could close the channel before that reply, and the client would see "Channel
+        # closed". A global request is a barrier: its reply is read by the transport's thread only once
+        # that thread has sent the exec request's reply.
+        try:
+            with self._barrier:
+                channel.get_transport().global_request("keepalive@openssh.com", wait=True)
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
         entry = self.node.begin(command, peer)
         start = time.monotonic()
         try:
@@ -545,6 +566,9 @@ class Listener:
             self._transports.clear()
         for transport in transports:
             transport.close()
+        for transport in transports:  # close() leaves its thread to notice within a socket timeout
+            if transport is not threading.current_thread():
+                transport.join(timeout=5)
 
     def join(self, timeout: float = 10) -> None:
         """Wait for this listener's connection and command threads (commands end once their processes do)."""

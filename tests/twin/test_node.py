@@ -1,0 +1,474 @@
+"""The twin's nodes over real SSH: Fabric and paramiko clients, as python-chi uses them, against `Nodes`.
+
+Each test starts the twin's services (the `twin` fixture) and its own `Nodes`, puts an ACTIVE server
+with a bound floating IP and the twin's key pair into the world, and talks to `<floating ip>:22`.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import re
+import socket
+import tarfile
+import threading
+import time
+import urllib.request
+from pathlib import Path
+
+import fabric
+import nbformat
+import paramiko
+import pytest
+from invoke.exceptions import UnexpectedExit
+
+from chi_helpers.chameleon import node_setup, node_stack
+from chi_helpers.series import REPO_ROOT
+from chi_helpers.twin import node_commands
+from chi_helpers.twin.node import Nodes
+from chi_helpers.variants import VARIANTS
+
+NOTEBOOKS = ["05_track_pytorch.ipynb", "06_lightning.ipynb", "07_registry.ipynb"]
+
+
+def notebook_commands() -> dict[str, str]:
+    """The commands the notebooks' sources write out themselves (`node.execute("...")`), by notebook."""
+    found = {}
+    for source in sorted((REPO_ROOT / "notebooks" / "source").glob("*.md")):
+        for match in re.finditer(r"""node\.execute\((?P<literal>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\)""",
+                                 source.read_text()):
+            found[ast.literal_eval(match["literal"])] = source.stem
+    return found
+
+
+# Notebook 03's check of the data volume, as the notebook writes it.
+DATA_CHECK = next(c for c, notebook in notebook_commands().items() if notebook.startswith("03_") and "find" in c)
+
+
+# --- a node in the world ---------------------------------------------------------------------------
+
+class Node:
+    """A server the test put in the world, reachable at `address` with the twin's key."""
+
+    def __init__(self, twin, nodes: Nodes, node_name: str | None = "liqid01", image: str = "CC-Ubuntu24.04-CUDA",
+                 flavor: str = "baremetal"):
+        world = twin.world
+        self.world, self.nodes = world, nodes
+        self.key = str(twin.environment()["OS_KEYPAIR_PRIVATE_KEY"])
+        public = Path(twin.environment()["OS_KEYPAIR_PUBLIC_KEY"]).read_text().strip()
+        with world.lock:
+            if node_name:  # bare metal: the Blazar host it landed on
+                host = next(h["id"] for h in world.data["hosts"].values() if h.get("node_name") == node_name)
+            else:  # a VM: a hypervisor the twin names for its reservation
+                host = "kvm-0a1b2c3d"
+            kind = next(f for f in world.data["flavors"].values() if f["name"] == flavor)
+            picture = next(i for i in world.data["images"].values() if i["name"] == image)
+            world.data["keypairs"]["twin-key"] = {"name": "twin-key", "public_key": public, "type": "ssh"}
+            self.server_id = world.new_id()
+            world.data["servers"][self.server_id] = {
+                "id": self.server_id, "name": "node-mlflow-test", "status": "ACTIVE", "key_name": "twin-key",
+                "flavor": {"original_name": flavor}, "image": {"id": picture["id"]}, "_host": host,
+                "_flavor": dict(kind),
+            }
+            self.port_id = world.new_id()
+            world.data["ports"][self.port_id] = {"id": self.port_id, "device_id": self.server_id}
+            self.address = world.next_address()
+            self.fip_id = world.new_id()
+            world.data["floatingips"][self.fip_id] = {"id": self.fip_id, "floating_ip_address": self.address,
+                                                      "port_id": self.port_id}
+        nodes.sync()
+
+    @property
+    def node(self):
+        return self.nodes.node(self.server_id)
+
+    def connect(self, user: str = "cc", key: str | None = None) -> fabric.Connection:
+        return fabric.Connection(self.address, user=user, connect_kwargs={
+            "key_filename": key or self.key, "look_for_keys": False, "allow_agent": False})
+
+    def run(self, command: str, warn: bool = False):
+        with self.connect() as connection:
+            return connection.run(command, hide=True, warn=warn, in_stream=False)
+
+    def home(self, *parts: str) -> Path:
+        return self.node.home.joinpath(*parts)
+
+
+@pytest.fixture
+def nodes(twin):
+    started = Nodes(twin.world)
+    yield started
+    started.stop()
+
+
+@pytest.fixture
+def node(twin, nodes):
+    return Node(twin, nodes)
+
+
+def tar_gz(path: Path, members: dict[str, bytes]) -> Path:
+    with tarfile.open(path, "w:gz") as archive:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    return path
+
+
+SKIPPED = {"__pycache__", "checkpoints", "deployed_model", "lightning_logs", "mlruns", ".ipynb_checkpoints"}
+
+
+def pack_series(path: Path) -> Path:
+    """What `node_setup.pack_checkout` sends, without git: the helpers, docker/ and the node-side workspace."""
+    with tarfile.open(path, "w:gz") as archive:
+        for folder in ("chi_helpers", "docker", "workspace_mlflow"):
+            for file in sorted((REPO_ROOT / folder).rglob("*")):
+                relative = file.relative_to(REPO_ROOT)
+                executed_copy = "executed" in relative.parts and file.suffix == ".ipynb"
+                if file.is_file() and not SKIPPED & set(relative.parts) and file.suffix not in (".pyc", ".pth") \
+                        and not executed_copy:
+                    archive.add(file, str(relative))
+    return path
+
+
+def set_up(node: Node, tmp_path: Path, variant: str = "nvidia") -> None:
+    """Notebook 02 on the node: every setup step of the variant, the series uploaded (as python-chi's upload does)."""
+    archive = pack_series(tmp_path / "series.tar.gz")
+    for step in node_setup.steps(VARIANTS[variant], archive=str(archive)):
+        with node.connect() as connection:
+            if step.upload:
+                connection.put(step.upload, node_setup.ARCHIVE)
+            connection.run(step.command, hide=True, in_stream=False)
+
+
+# --- every command the helpers send has an answer ----------------------------------------------------
+
+def helper_commands() -> list[tuple[str, str]]:
+    """(command, the twin's answer for it) for every command the helpers and notebooks send a node."""
+    expected = []
+    address = "127.100.1.10"
+    for profile in VARIANTS.values():
+        for repo in (None, "https://github.com/example/mlflow-chi.git"):
+            for step in node_setup.steps(profile, repo=repo, archive="/tmp/x.tar.gz"):
+                expected.append((step.command, step.title))
+        expected.append((node_stack.jupyter_run_command(profile, address), "start the Jupyter container"))
+        for notebook in NOTEBOOKS:
+            expected.append((node_stack.node_notebook_command(profile.name, notebook), "docker exec"))
+    expected.append((node_setup.image_build_check().command, "has the image build finished?"))
+    expected += [(c, a) for c, a in zip(node_stack.data_commands(), ["docker volume create", "the data job"])]
+    expected += [(c, a) for c, a in zip(node_stack.tracking_up_commands(address),
+                                        ["credentials.py", "the tracking stack", "the tracking stack"])]
+    expected.append((node_stack.console_credentials_command(), "credentials.py"))
+    expected.append((node_stack.jupyter_url_command(), "docker exec"))
+    expected += [(c, a) for c, a in zip(node_stack.stop_commands(), ["docker stop", "the tracking stack"])]
+    literal_answers = {"tail": "tail", "docker run --rm -v food11": "count the photos in the volume"}
+    for command in notebook_commands():
+        meant = next((a for start, a in literal_answers.items() if command.startswith(start)),
+                     "a new command in a notebook: give the twin's node an answer for it")
+        expected.append((command, meant))
+    return expected
+
+
+STEP_ANSWERS = {  # node_setup's step titles -> the twin's answer
+    "Docker": "install Docker", "you in the docker group": "cc in the docker group",
+    "the NVIDIA container toolkit's package signing key": "the NVIDIA signing key",
+    "the NVIDIA container toolkit's apt repository": "the NVIDIA apt repository",
+    "the toolkit, jq and nvtop": "apt-get install", "Docker's NVIDIA runtime": "Docker's NVIDIA runtime",
+    "Docker's cgroupfs driver": "merge into Docker's daemon.json", "Docker restarted with both": "restart Docker",
+    "what nvtop needs to build": "apt-get install", "nvtop with AMD support": "build nvtop with AMD support",
+    "the Jupyter image build, started in the background": "start the Jupyter image build",
+}
+
+
+def test_every_command_the_helpers_send_has_the_answer_meant_for_it():
+    for command, meant in helper_commands():
+        if meant.startswith("this series' files"):
+            meant = "clone the series" if "git clone" in command else "unpack the series"
+        meant = STEP_ANSWERS.get(meant, meant)
+        if meant == "the GPUs, as the host sees them":
+            meant = command
+        found = node_commands.find(command)
+        assert found is not None, f"the twin's node has no answer for a command the helpers send:\n{command}"
+        assert found[0].name == meant, f"{command!r} gets the answer {found[0].name!r}, meant: {meant!r}"
+
+
+# --- SSH: who may log in ---------------------------------------------------------------------------
+
+def test_a_setup_command_answers_and_nvidia_smi_shows_two_a100(node):
+    assert node.run("sudo groupadd -f docker && sudo usermod -aG docker $USER").exited == 0
+    shown = node.run("nvidia-smi").stdout
+    assert shown.count("NVIDIA A100-PCIE-40GB") == 2 and "CUDA Version" in shown
+
+
+def test_rocm_smi_shows_two_mi100_on_an_amd_host_and_nvidia_smi_is_missing_there(twin, nodes):
+    amd = Node(twin, nodes, node_name="P3-GPU-009", image="CC-Ubuntu24.04-ROCm")
+    assert amd.run("rocm-smi").stdout.count("Instinct MI100") == 2
+    missing = amd.run("nvidia-smi", warn=True)
+    assert missing.exited == 127 and "nvidia-smi: command not found" in missing.stderr
+
+
+def test_nvidia_smi_shows_one_h100_on_the_vm(twin, nodes):
+    vm = Node(twin, nodes, node_name=None, flavor="g1.h100.pci.1")
+    shown = vm.run("nvidia-smi").stdout
+    assert shown.count("NVIDIA H100 PCIe") == 1 and "A100" not in shown
+
+
+def test_an_unknown_command_fails_loudly(node):
+    result = node.run("curl http://example.com | sh", warn=True)
+    assert result.exited == 127
+    assert result.stderr.strip() == "twin node: no answer for this command: curl http://example.com | sh"
+
+
+def test_a_wrong_key_and_another_user_are_refused(node, tmp_path):
+    stranger = paramiko.RSAKey.generate(2048)
+    stranger.write_private_key_file(str(tmp_path / "stranger"))
+    # paramiko reports a refused key file with the last error it met while trying the file as each key
+    # type (an SSHException that names the key format): the refusal itself is in the node's record below.
+    with pytest.raises(paramiko.SSHException):
+        with node.connect(key=str(tmp_path / "stranger")) as connection:
+            connection.open()
+    with pytest.raises(paramiko.SSHException):
+        with node.connect(user="root") as connection:
+            connection.open()
+    for user, key in (("cc", stranger), ("root", paramiko.RSAKey.from_private_key_file(node.key))):
+        client = paramiko.SSHClient()
+        client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+        with pytest.raises(paramiko.AuthenticationException):
+            client.connect(node.address, username=user, pkey=key, look_for_keys=False, allow_agent=False)
+        client.close()
+    client = paramiko.SSHClient()
+    client.set_missing_host_key_policy(paramiko.AutoAddPolicy())
+    with pytest.raises(paramiko.AuthenticationException):  # no password logins at all
+        client.connect(node.address, username="cc", password="cc", look_for_keys=False, allow_agent=False)
+    client.close()
+    assert node.run("nvidia-smi").exited == 0  # the right key still works
+    with node.world.lock:
+        assert any("refused SSH login" in e["what"] for e in node.world.data["events"])
+
+
+# --- files -----------------------------------------------------------------------------------------
+
+def test_the_uploaded_series_is_unpacked_and_an_escaping_member_is_refused(node, tmp_path):
+    command = node_setup.materials(archive="x")[0].command
+    good = tar_gz(tmp_path / "good.tar.gz", {"README.md": b"series\n", "docker/compose-data.yaml": b"name: x\n"})
+    with node.connect() as connection:  # python-chi's Server.upload: Fabric's put
+        connection.put(str(good), node_setup.ARCHIVE)
+    assert (node.node.root / "tmp" / "mlflow-chi.tar.gz").is_file()
+    assert node.run(command).exited == 0
+    assert node.home("mlflow-chi", "docker", "compose-data.yaml").read_text() == "name: x\n"
+    assert not (node.node.root / "tmp" / "mlflow-chi.tar.gz").exists()  # `&& rm` ran
+
+    bad = tar_gz(tmp_path / "bad.tar.gz", {"ok.txt": b"fine\n", "../escaped.txt": b"out\n",
+                                            "../../../../../../escaped.txt": b"out\n"})
+    with node.connect() as connection:
+        connection.put(str(bad), node_setup.ARCHIVE)
+    result = node.run(command, warn=True)
+    assert result.exited == 2 and "Member name contains '..'" in result.stderr
+    assert node.home("mlflow-chi", "ok.txt").is_file()  # as GNU tar: the others are extracted
+    assert not list(node.node.folder.parent.parent.rglob("escaped.txt"))
+    assert (node.node.root / "tmp" / "mlflow-chi.tar.gz").exists()  # `&& rm` did not run
+
+    missing = node.run(command, warn=True)  # again: the archive is still there, so tar fails the same way
+    assert missing.exited == 2
+
+
+def test_sftp_get_works_and_stays_inside_the_node(node, tmp_path):
+    node.home("notes").mkdir()
+    node.home("notes", "a.txt").write_text("from the node\n")
+    with node.connect() as connection:
+        connection.get("notes/a.txt", str(tmp_path / "a.txt"))  # relative to /home/cc, as run.py fetches
+        connection.get("/home/cc/notes/a.txt", str(tmp_path / "b.txt"))
+        with pytest.raises(FileNotFoundError):
+            connection.get("/etc/hostname", str(tmp_path / "c.txt"))  # the node's /etc, not this machine's
+        with pytest.raises(FileNotFoundError):
+            connection.get("../../../../../../../../etc/hostname", str(tmp_path / "d.txt"))
+        sftp = connection.sftp()
+        assert sftp.normalize(".") == "/home/cc"
+        assert sftp.normalize("../../..") == "/"
+        sftp.mkdir("/tmp/made")
+        assert sorted(sftp.listdir("/")) == ["home", "tmp"]
+    assert (tmp_path / "a.txt").read_text() == (tmp_path / "b.txt").read_text() == "from the node\n"
+    assert (node.node.root / "tmp" / "made").is_dir()
+
+
+# --- faults and the world ----------------------------------------------------------------------------
+
+def test_ssh_drops_drops_one_connection_and_the_next_works(node):
+    node.world.inject("ssh-drops")
+    with pytest.raises((paramiko.SSHException, EOFError, ConnectionError)):
+        node.run("nvidia-smi")
+    assert node.run("nvidia-smi").exited == 0
+    with node.world.lock:
+        assert any("fault ssh-drops" in e["what"] for e in node.world.data["events"])
+
+
+def test_the_listener_follows_the_floating_ip_and_the_server(node):
+    assert node.run("nvidia-smi").exited == 0
+    with node.world.lock:
+        node.world.data["floatingips"][node.fip_id]["port_id"] = None
+    node.nodes.sync()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((node.address, 22), timeout=2).close()
+    with node.world.lock:
+        node.world.data["floatingips"][node.fip_id]["port_id"] = node.port_id
+    node.nodes.sync()
+    assert node.run("nvidia-smi").exited == 0
+    with node.world.lock:
+        del node.world.data["servers"][node.server_id]
+    node.nodes.sync()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((node.address, 22), timeout=2).close()
+    assert node.nodes.node(node.server_id).gone
+
+
+def twin_threads() -> list[threading.Thread]:
+    """The nodes' threads still alive: listeners, connections, commands, and server-side SSH transports."""
+    return [t for t in threading.enumerate() if t.is_alive() and (
+        t.name.startswith(("twin-ssh", "twin-node")) or (isinstance(t, paramiko.Transport) and t.server_mode))]
+
+
+def test_stop_leaves_no_listener_and_no_thread(node):
+    with node.connect() as connection:
+        connection.run("nvidia-smi", hide=True, in_stream=False)
+        open_one = node.connect()
+        open_one.open()  # a client that stays connected through the stop
+        assert twin_threads()
+        node.nodes.stop()
+        open_one.close()
+    assert not twin_threads()
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((node.address, 22), timeout=2).close()
+    node.nodes.sync()  # a sync after stop (the twin's thread may be mid-way) starts nothing
+    assert not node.nodes.listeners and not twin_threads()
+
+
+def test_commands_are_recorded_in_order(node):
+    sent = ["nvidia-smi", "sudo groupadd -f docker && sudo usermod -aG docker $USER", "no such thing"]
+    for command in sent:
+        node.run(command, warn=True)
+    record = node.nodes.commands(node.server_id)
+    assert [entry["command"] for entry in record] == sent
+    assert [entry["exit_status"] for entry in record] == [0, 0, 127]
+    log = (node.node.folder / "commands.log").read_text()
+    assert [line.split(" $ ", 1)[1] for line in log.splitlines() if " $ " in line] == sent
+    assert node.nodes.status()[0]["listening"] == [node.address]
+
+
+def test_release_stops_the_stack_over_ssh_with_python_chis_key(node, chi, monkeypatch):
+    from chi_helpers.chameleon import release
+
+    nothing = open(os.devnull)
+    monkeypatch.setattr("sys.stdin", nothing)  # Fabric forwards stdin; pytest's own cannot be read
+    first, then = node_stack.stop_commands()
+    release._ssh_run(node.address, first)  # `|| true`: fine without Docker
+    with pytest.raises(UnexpectedExit) as failure:  # compose is another matter: no Docker on this node yet
+        release._ssh_run(node.address, then)
+    nothing.close()
+    assert failure.value.result.exited == 127 and "docker: command not found" in failure.value.result.stderr
+    assert [entry["command"] for entry in node.nodes.commands(node.server_id)] == node_stack.stop_commands()
+
+
+def test_a_step_out_of_order_fails_as_on_the_node(node):
+    result = node.run("sudo nvidia-ctk runtime configure --runtime=docker", warn=True)
+    assert result.exited == 1 and "nvidia-ctk: command not found" in result.stderr  # the toolkit is not installed
+    clone = node.run(node_setup.materials(repo="https://github.com/example/mlflow-chi.git")[0].command, warn=True)
+    assert clone.exited == 128 and "Could not resolve host: github.com" in clone.stderr
+    assert node.run(node_stack.data_commands()[0], warn=True).exited == 127  # no Docker yet
+
+
+# --- the data, the tracking stack, the Jupyter container ---------------------------------------------------
+
+def test_data_job_then_the_tracking_stack_then_its_stop(node, tmp_path):
+    set_up(node, tmp_path)
+    assert "jupyter-mlflow is built" in node.run(node_setup.image_build_check().command).stdout
+    first = [node.run(command) for command in node_stack.data_commands()]
+    assert "organized:" in first[1].stdout
+    again = node.run(node_stack.data_commands()[1]).stdout
+    assert "nothing to do" in again and "organized:" not in again
+    counts = node.run(DATA_CHECK).stdout.split()
+    assert counts == ["training", "44", "validation", "22", "evaluation", "22"]
+
+    for command in node_stack.tracking_up_commands(node.address):
+        result = node.run(command)
+    assert "mlflow-tracking-mlflow-1" in result.stdout and "Up" in result.stdout  # `ps`
+    assert (node.home("mlflow-stack.env").stat().st_mode & 0o777) == 0o600
+    with urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=10) as answer:
+        assert answer.status == 200
+    console = node.run(node_stack.console_credentials_command()).stdout
+    assert "object store console user:" in console and "password:" in console
+
+    for command in node_stack.stop_commands():
+        assert node.run(command).exited == 0  # no Jupyter container: `|| true`
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=5)
+    assert "mlflow-tracking-mlflow-1" not in node.run(node_stack.tracking_up_commands(node.address)[2]).stdout
+
+
+class FabricServer:
+    """What `run.run_node_notebook` uses of python-chi's Server (`execute`, `ssh_connection`), as python-chi does it."""
+
+    def __init__(self, node: Node):
+        self.node = node
+
+    def ssh_connection(self) -> fabric.Connection:
+        return self.node.connect()
+
+    def execute(self, command: str):
+        with self.ssh_connection() as connection:
+            return connection.run(command)
+
+
+def test_a_node_side_notebook_runs_in_the_jupyter_container(node, tmp_path, monkeypatch, capsys):
+    """04, then run.py's node-side step for 05 and 07, as the series sends them (05 trains three small runs: a minute)."""
+    from chi_helpers.chameleon.run import run_node_notebook
+
+    nothing = open(os.devnull)
+    monkeypatch.setattr("sys.stdin", nothing)  # Fabric forwards stdin; pytest's own cannot be read
+    server, out = FabricServer(node), tmp_path / "out"
+    out.mkdir()
+    set_up(node, tmp_path)
+    for command in [*node_stack.data_commands(), *node_stack.tracking_up_commands(node.address)]:
+        node.run(command)
+    early = run_node_notebook(server, "nvidia", "05_track_pytorch.ipynb", out)
+    assert early.status == "failed" and "No such container: jupyter" in early.error and early.output is None
+    node.run("tail -n 3 ~/jupyter-build.log")
+    node.run(node_stack.jupyter_run_command(VARIANTS["nvidia"], node.address))
+    assert node.run(node_stack.jupyter_run_command(VARIANTS["nvidia"], node.address)).exited == 0  # kept, not run twice
+    assert f"http://{node.address}:8888/?token=" in node.run(node_stack.jupyter_url_command()).stdout
+
+    executed = node.home("mlflow-chi", "workspace_mlflow", "nvidia", "executed")
+    assert executed.is_dir()  # it ships with the series: papermill does not make its output folder
+    start = time.monotonic()
+    capsys.readouterr()
+    result = run_node_notebook(server, "nvidia", "05_track_pytorch.ipynb", out)
+    streamed = capsys.readouterr()
+    assert result.status == "passed", (result.error, streamed.err[-3000:])
+    assert "Input Notebook:  05_track_pytorch.ipynb" in streamed.err  # papermill's own words, passed on by Fabric
+    cells = nbformat.read(out / "05_track_pytorch.ipynb", 4).cells  # fetched by run.py over SFTP
+    parameters = next(c for c in cells if "injected-parameters" in c.metadata.get("tags", []))
+    assert '"image_size": 32' in parameters.source and "fast_num_workers = 2" in parameters.source
+    shown = json.dumps([c.get("outputs") for c in cells])
+    assert f"http://{node.address}:8000/" in shown  # the container's MLFLOW_TRACKING_URI
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"http://{node.address}:8000")
+    runs = client.search_runs([client.get_experiment_by_name("food11-classifier").experiment_id])
+    assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]
+    registry = run_node_notebook(server, "nvidia", "07_registry.ipynb", out)  # registers 05's best run
+    assert registry.status == "passed", registry.error
+    [version] = client.search_model_versions("name='food11-staging'")
+    assert version.run_id in {r.info.run_id for r in runs}
+    assert node.home("mlflow-chi", "workspace_mlflow", "nvidia", "deployed_model").is_dir()
+    assert time.monotonic() - start < 240
+
+    assert node.run(node_stack.stop_commands()[0]).stdout.strip() == "jupyter"
+    gone = node.run(node_stack.node_notebook_command("nvidia", "05_track_pytorch.ipynb"), warn=True)
+    assert gone.exited == 1 and "No such container: jupyter" in gone.stderr
+    nothing.close()
+
+    node.nodes.stop()  # the tracking stack is still up: stopping the nodes stops it too
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=5)
+    assert not node.node.processes and not twin_threads()
