@@ -137,6 +137,14 @@ def run(node, step: Step, retry_after: float = 5.0) -> str:
             tail = "\n".join(output.strip().splitlines()[-15:])
             raise StepFailed(f"step '{step.title}' failed with status {result.exited}:\n$ {step.command}\n{tail}") from None
         except _connection_errors() as error:
+            import paramiko
+
+            if isinstance(error, paramiko.AuthenticationException) or "key" in str(error).lower():
+                raise StepFailed(
+                    f"step '{step.title}': the node did not take the SSH key ({type(error).__name__}: {error}). "
+                    "OS_KEYPAIR_PRIVATE_KEY must be the private half of the key pair the server was made with "
+                    "(python-chi's keypair_name); fix that, then run this notebook again."
+                ) from None
             if attempt == 2:
                 raise StepFailed(
                     f"step '{step.title}': the SSH connection to the node failed twice ({type(error).__name__}: "

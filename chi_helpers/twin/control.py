@@ -111,6 +111,7 @@ def write_rc(world: World, path: Path, credential_id: str, secret: str) -> None:
         "export OS_REGION_NAME=CHI@TACC",
         f"export OS_APPLICATION_CREDENTIAL_ID={credential_id}",
         f"export OS_APPLICATION_CREDENTIAL_SECRET={secret}",
+        "export OS_KEYPAIR_NAME=twin-rehearsal",  # python-chi's default is $USER-jupyter; CI may have no USER
         f"export OS_KEYPAIR_PRIVATE_KEY={world.state_dir / 'keys' / 'id_rsa'}",
         f"export OS_KEYPAIR_PUBLIC_KEY={world.state_dir / 'keys' / 'id_rsa.pub'}",
         # python-chi reads the site list here instead of Chameleon's API.

@@ -44,7 +44,8 @@ def chi(twin, monkeypatch):
 @pytest.fixture
 def twin_with_nodes(tmp_path):
     """The twin with an SSH node behind every floating IP bound to an ACTIVE server."""
-    started = control.start(tmp_path / "twin", speed=600, nodes=True)
+    # Leases start within seconds and last their three hours: servers live as long as the test needs.
+    started = control.start(tmp_path / "twin", speed=600, end_speed=1, nodes=True)
     yield started
     started.stop()
 

@@ -23,6 +23,7 @@ def cloud(twin_with_nodes, clean_environment, monkeypatch):
     url = twin_with_nodes.environment()["CHI_RESOURCE_API_URL"]
     monkeypatch.setattr(chi.context, "RESOURCE_API_URL", url)
     monkeypatch.setattr(chi.hardware, "RESOURCE_API_URL", url)
+    monkeypatch.setattr("sys.stdin", open("/dev/null"))  # Fabric forwards stdin; pytest's cannot be read
     login.sign_in(str(twin_with_nodes.rc_file), "", "CHI@TACC", need_key_pair=True, say=lambda _: None)
     return twin_with_nodes
 
@@ -48,7 +49,7 @@ def test_the_server_comes_up_with_its_own_address_and_ssh(cloud, capsys):
     assert image["name"] == "CC-Ubuntu24.04-CUDA"
     [address] = world(cloud)["floatingips"].values()
     assert address["description"] == "mlflow series: node-mlflow-abc123" and address["port_id"]
-    assert node.execute("hostname", hide=True).ok  # SSH with the key pair the RC file names
+    assert "A100" in node.execute("nvidia-smi").stdout  # SSH with the key pair the RC file names
     assert f"address {address['floating_ip_address']}" in capsys.readouterr().out
 
 
@@ -101,13 +102,17 @@ def test_the_vm_goes_on_its_flavor_and_opens_the_series_ports_even_in_a_group_ma
     login.follow_site_list("KVM@TACC")
     node_server.bring_up(VM, active_lease(VM, name="mlflow_vm"), "abc123")
     [made] = world(cloud)["servers"].values()
-    assert made["flavor"]["original_name"].startswith("reservation:")  # the flavor Blazar made for the lease
+    import chi.server
+
+    flavor = chi.server.nova().servers.get(made["id"]).flavor
+    assert flavor["original_name"].startswith("reservation:")  # the flavor Blazar made for the lease
     groups = {g["name"]: g for g in world(cloud)["security_groups"].values()}
     for port in (22, 8000, 8888, 9000, 9001):
         rules = [r for r in world(cloud)["security_group_rules"].values()
                  if r["security_group_id"] == groups[f"allow-{port}"]["id"] and r["direction"] == "ingress"]
         assert [(r["protocol"], r["port_range_min"], r["port_range_max"]) for r in rules] == [("tcp", port, port)]
-    assert {g["name"] for g in made["security_groups"]} >= {f"allow-{p}" for p in (22, 8000, 8888, 9000, 9001)}
+    on_server = {g["name"] for g in chi.server.nova().servers.get(made["id"]).security_groups}
+    assert on_server >= {f"allow-{p}" for p in (22, 8000, 8888, 9000, 9001)}
 
 
 def test_a_lease_of_the_wrong_kind_is_named(cloud):
@@ -119,8 +124,10 @@ def test_release_stops_deletes_releases_and_ends_and_again_finds_nothing(cloud):
     node_server.bring_up(NVIDIA, active_lease(NVIDIA), "abc123")
     address = next(iter(world(cloud)["floatingips"].values()))["floating_ip_address"]
     outcome = release.release("mlflow_abc123", "abc123", say=lambda _: None)
+    # This node was never set up (no Docker): release says so, and deletes the server all the same.
+    assert outcome["stack"].startswith("could not stop the containers") and "docker: command not found" in outcome["stack"]
+    del outcome["stack"]
     assert outcome == {
-        "stack": f"stopped the containers on {address}",
         "server": "deleted server node-mlflow-abc123",
         "floating_ip": f"released {address}",
         "lease": "ended lease mlflow_abc123",
