@@ -75,3 +75,17 @@ def test_the_readme_rehearsal_runs_twice_and_releases(twin_daemon, tmp_path):
                        "--rc-file", rc_file)
     assert released.returncode == 0, released.stderr[-3000:]
     assert status(state) == {"leases": [], "servers": [], "floating_ips": []}
+
+
+@pytest.mark.parametrize("variant,node", [("amd", "P3-GPU-010"), ("vm", "")])
+def test_the_other_variants_run_and_end_their_lease(twin_daemon, tmp_path, variant, node):
+    # amd: a gpu_mi100 host reserved by name, ROCm setup; vm: a flavor at KVM@TACC behind security groups.
+    state, rc_file = twin_daemon
+    user = f"ci{variant}"
+    args = ["run", "--target", "chameleon", "--gpu", variant, "--user", user, "--lease-name", f"mlflow_{user}",
+            "--rc-file", rc_file, "--output", str(tmp_path), "--end-lease"]
+    done = command(*(args + (["--node", node] if node else [])), timeout=1500)
+    report = json.loads((tmp_path / "report.json").read_text())
+    assert done.returncode == 0 and report["passed"], (done.stdout[-4000:], json.dumps(report)[:3000])
+    left = status(state)
+    assert not [x for kind in ("leases", "servers") for x in left[kind] if user in x["name"]]  # 08 ended them

@@ -151,3 +151,16 @@ def test_bad_names_are_refused_before_any_call(cloud):
     with pytest.raises(parameters.ParameterError, match="lease_name is empty"):
         release.release("", "abc123")
     assert (cloud.world.state_dir / "requests.log").read_text() == before
+
+
+def test_a_dropped_ssh_connection_is_tried_again_once(cloud, capsys):
+    from chi_helpers.chameleon import node_setup
+
+    node = node_server.bring_up(NVIDIA, active_lease(NVIDIA), "abc123")
+    cloud.world.inject("ssh-drops")
+    output = node_setup.run(node, node_setup.Step("the GPUs", "nvidia-smi"), retry_after=0.5)
+    assert "A100" in output
+    assert "the SSH connection dropped" in capsys.readouterr().out
+    cloud.world.inject("ssh-drops", count=2)
+    with pytest.raises(node_setup.StepFailed, match="failed twice.*run this notebook again"):
+        node_setup.run(node, node_setup.Step("the GPUs", "nvidia-smi"), retry_after=0.5)
