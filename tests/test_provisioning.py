@@ -183,7 +183,6 @@ def test_the_plan_touches_nothing():
 
 @pytest.mark.parametrize("args,message", [
     (["--lease-name", "", "--project", "CHI-1"], "lease_name is empty"),
-    (["--lease-name", "mlflow_x", "--project", ""], "project is empty"),
     (["--lease-name", "mlflow_x", "--project", "CHI-1", "--gpu", "amd"], "node_name is empty"),
 ])
 def test_dry_run_checks_its_inputs_first(args, message):

@@ -32,8 +32,6 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
     parameters.check(profile.name, "chameleon", lease_name=lease_name, user=user)
     if profile.reservation == "node":
         parameters.check_name("node_name", node_name, profile.default_node or f"a {profile.node_type} host")
-    if not project:
-        raise parameters.ParameterError("project is empty: set it to your Chameleon project, e.g. --project CHI-123456")
     start, end = next_block(hours=hours)
     server_name = f"node-mlflow-{user}"
     address = "<floating IP>"
@@ -42,7 +40,10 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
     def add(notebook: str, where: str, *whats: str) -> None:
         actions.extend(Action(notebook, where, w) for w in whats)
 
-    context = (f"context.use_project({project!r})", f"context.use_site({site!r})")
+    # No project: an application credential's own (Keystone refuses another); the sign-in check
+    # stops a run that has neither.
+    context = ((f"context.use_project({project!r})" if project else "(no use_project: the credential's own project)"),
+               f"context.use_site({site!r})")
     add("01_reserve", "python-chi", *context)
     if profile.reservation == "node":
         add("01_reserve", "python-chi",

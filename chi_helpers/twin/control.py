@@ -121,6 +121,28 @@ def write_rc(world: World, path: Path, credential_id: str, secret: str) -> None:
     path.chmod(0o600)
 
 
+def write_password_rc(world: World, path: Path) -> None:
+    """A user-and-password RC file, with no project: the kind that leaves the choice to python-chi's
+    project widget, as a student's own login does."""
+    keys = world.state_dir / "keys"
+    lines = [
+        "# OpenStack RC file for the Chameleon twin: a user and password, no project (the widget picks one).",
+        f"export OS_AUTH_URL={world.url('/v3')}",
+        "export OS_AUTH_TYPE=v3password",
+        "export OS_IDENTITY_API_VERSION=3",
+        "export OS_INTERFACE=public",
+        f"export OS_USERNAME={USER}",
+        f"export OS_PASSWORD={PASSWORD}",
+        "export OS_USER_DOMAIN_NAME=chameleon",
+        "export OS_KEYPAIR_NAME=twin-rehearsal",
+        f"export OS_KEYPAIR_PRIVATE_KEY={keys / 'id_rsa'}",
+        f"export OS_KEYPAIR_PUBLIC_KEY={keys / 'id_rsa.pub'}",
+        f"export CHI_RESOURCE_API_URL={world.url('/api')}",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
 def make_key_pair(directory: Path) -> None:
     """The SSH key pair a headless run names in its RC file (the hub gives students one)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -159,6 +181,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     make_key_pair(state_dir / "keys")
     rc_file = state_dir / "twin-openrc.sh"
     write_rc(world, rc_file, credential_id, secret)
+    write_password_rc(world, state_dir / "twin-password-openrc.sh")
     world.save()
     twin = Twin(world, server, rc_file)
     if nodes:

@@ -38,6 +38,12 @@ def twin_daemon(tmp_path_factory):
     yield state, rc_file
     down = command("twin", "down", "--state-dir", str(state), timeout=120)
     assert down.returncode == 0, down.stderr[-3000:]
+    # Nothing the twin started is left: not the twin, its nodes' MLflow servers, nor a notebook kernel.
+    import psutil
+
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+            if str(state) in " ".join(p.info["cmdline"] or [])]
+    assert left == [], left
 
 
 def status(state: Path) -> dict:
@@ -85,6 +91,7 @@ def test_the_other_variants_run_and_end_their_lease(twin_daemon, tmp_path, varia
     args = ["run", "--target", "chameleon", "--gpu", variant, "--user", user, "--lease-name", f"mlflow_{user}",
             "--rc-file", rc_file, "--output", str(tmp_path), "--end-lease"]
     done = command(*(args + (["--node", node] if node else [])), timeout=1500)
+    assert (tmp_path / "report.json").exists(), (done.stdout[-3000:], done.stderr[-3000:])
     report = json.loads((tmp_path / "report.json").read_text())
     assert done.returncode == 0 and report["passed"], (done.stdout[-4000:], json.dumps(report)[:3000])
     left = status(state)
