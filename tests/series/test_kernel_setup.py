@@ -12,7 +12,7 @@ import pytest
 
 from chi_helpers import kernel_setup
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def requirement_pins() -> dict[str, str]:
