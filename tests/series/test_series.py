@@ -235,13 +235,22 @@ def test_lightning_notebook_leaves_two_runs_differing_in_lr_only(series):
 
 def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
     report, client, workdir = series
-    [version] = by_name(report)["07_registry"]["model_versions"]
-    assert version["name"] == "food11-staging"
+    best_version, newer = by_name(report)["07_registry"]["model_versions"]  # the best run's, the runner-up's
+    assert best_version["name"] == newer["name"] == "food11-staging"
+    assert int(newer["version"]) == int(best_version["version"]) + 1
     finished = [r for nb in report["notebooks"] for r in nb["runs"] if r["status"] == "FINISHED"]
     best = max(finished, key=lambda r: r["test_accuracy"])
-    assert version["run_id"] == best["run_id"] or client.get_run(version["run_id"]).data.metrics["test_accuracy"] == best["test_accuracy"]
+    assert client.get_run(best_version["run_id"]).data.metrics["test_accuracy"] == best["test_accuracy"]
+    # The alias names the best run's version, though the runner-up's is the latest.
+    champion = client.get_model_version_by_alias("food11-staging", "champion")
+    assert champion.version == best_version["version"]
     downloaded = workdir / "deployed"
     assert (downloaded / "MLmodel").exists() and (downloaded / "data" / "model.pth").stat().st_size > 1_000_000
+    # The deployment job's last step: the champion loaded and a few evaluation photos predicted.
+    executed = nbformat.read(workdir / "out" / "07_registry.ipynb", 4)
+    predicted = "".join(o.get("text", "") for c in executed.cells if "argmax" in c.source for o in c.outputs)
+    assert " of 6 right" in predicted
+    assert sum(line.split()[0].startswith("class_") for line in predicted.splitlines() if line) == 6
 
 
 def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capfd):
