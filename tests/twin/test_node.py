@@ -458,8 +458,9 @@ def test_a_node_side_notebook_runs_in_the_jupyter_container(node, tmp_path, monk
     assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]
     registry = run_node_notebook(server, "nvidia", "07_registry.ipynb", out)  # registers 05's best run
     assert registry.status == "passed", registry.error
-    [version] = client.search_model_versions("name='food11-staging'")
-    assert version.run_id in {r.info.run_id for r in runs}
+    versions = client.search_model_versions("name='food11-staging'")  # 05's best run and its runner-up
+    assert len(versions) == 2 and {v.run_id for v in versions} <= {r.info.run_id for r in runs}
+    assert client.get_model_version_by_alias("food11-staging", "champion").run_id in {r.info.run_id for r in runs}
     assert node.home("mlflow-chi", "workspace_mlflow", "nvidia", "deployed_model").is_dir()
     assert time.monotonic() - start < 240
 
