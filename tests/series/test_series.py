@@ -235,7 +235,8 @@ def test_lightning_notebook_leaves_two_runs_differing_in_lr_only(series):
 
 def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
     report, client, workdir = series
-    best_version, newer = by_name(report)["07_registry"]["model_versions"]  # the best run's, the runner-up's
+    # The best run's version, then the runner-up's (the report lists them in the server's order).
+    best_version, newer = sorted(by_name(report)["07_registry"]["model_versions"], key=lambda v: int(v["version"]))
     assert best_version["name"] == newer["name"] == "food11-staging"
     assert int(newer["version"]) == int(best_version["version"]) + 1
     finished = [r for nb in report["notebooks"] for r in nb["runs"] if r["status"] == "FINISHED"]
