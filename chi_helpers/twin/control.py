@@ -54,18 +54,22 @@ class Twin:
         self.server.server_close()
 
 
-def summary(world: World) -> dict:
-    """What `twin status --json` prints: every lease, server and floating IP that exists."""
-    with world.lock:
-        data = world.data
-        leases = [{"name": lease["name"], "id": lease["id"], "status": lease["status"],
-                   "start_date": lease["start_date"], "end_date": lease["end_date"]} for lease in data["leases"].values()]
-        servers = [{"name": server["name"], "id": server["id"], "status": server["status"]}
-                   for server in data["servers"].values()]
-        addresses = [{"address": ip["floating_ip_address"], "status": ip.get("status", "DOWN"),
-                      "port_id": ip.get("port_id"), "description": ip.get("description", "")}
-                     for ip in data["floatingips"].values()]
+def summary_of(data: dict) -> dict:
+    """What `twin status --json` prints from the twin's state (live, or as saved in world.json):
+    every lease, server and floating IP that exists."""
+    leases = [{"name": lease["name"], "id": lease["id"], "status": lease["status"],
+               "start_date": lease["start_date"], "end_date": lease["end_date"]} for lease in data["leases"].values()]
+    servers = [{"name": server["name"], "id": server["id"], "status": server["status"]}
+               for server in data["servers"].values()]
+    addresses = [{"address": ip["floating_ip_address"], "status": ip.get("status", "DOWN"),
+                  "port_id": ip.get("port_id"), "description": ip.get("description", "")}
+                 for ip in data["floatingips"].values()]
     return {"leases": leases, "servers": servers, "floating_ips": addresses}
+
+
+def summary(world: World) -> dict:
+    with world.lock:
+        return summary_of(world.data)
 
 
 class Admin(Service):

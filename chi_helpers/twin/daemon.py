@@ -75,12 +75,9 @@ def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict:
     saved = state_dir / "world.json"
     if not saved.exists():
         return {"running": False, "leases": [], "servers": [], "floating_ips": []}
-    data = json.loads(saved.read_text())
-    return {"running": False,
-            "leases": [{"name": x["name"], "id": x["id"], "status": x["status"]} for x in data["leases"].values()],
-            "servers": [{"name": x["name"], "id": x["id"], "status": x["status"]} for x in data["servers"].values()],
-            "floating_ips": [{"address": x["floating_ip_address"], "status": x.get("status", "DOWN")}
-                             for x in data["floatingips"].values()]}
+    from chi_helpers.twin.control import summary_of
+
+    return {"running": False, **summary_of(json.loads(saved.read_text()))}
 
 
 def fault(name: str, state_dir: Path = DEFAULT_STATE_DIR, count: int = 1) -> dict:
