@@ -5,17 +5,20 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+WHEELHOUSE := $(VENV)/wheelhouse
 
 .PHONY: install run test bench build check stack-up stack-down clean
 
 install: $(STAMP)
 
 # Reinstalled only when the requirements or the package metadata change.
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml tests/series/hub-kernel.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -r requirements.txt
 	$(PY) -m pip install --quiet --no-deps -e .
+	# The hub stand-in kernel's packages as wheels: its test installs them without a package index.
+	$(PY) -m pip wheel --quiet --wheel-dir $(WHEELHOUSE) -r tests/series/hub-kernel.txt
 	touch $@
 
 run: $(STAMP)

@@ -22,6 +22,11 @@ class Variant:
     docker_gpu_flags: str
     fast_num_workers: int  # DataLoader workers for the utilization lesson on this node
     needs_security_groups: bool
+    # Minutes a whole training takes on this hardware at the lesson's sizes (the course's figures for the
+    # two bare-metal variants; for the VM an estimate, not measured). The notebooks and the lease
+    # timeline in notebook 00 quote them.
+    tracked_run_minutes: int
+    lightning_run_minutes: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -33,7 +38,7 @@ VARIANTS = {
         node_type="compute_liqid", default_node="liqid01", gpus=2, gpu_model="A100 40GB",
         image="CC-Ubuntu24.04-CUDA", gpu_tool="nvidia-smi", metrics_library="nvidia-ml-py (pynvml)",
         jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-cuda", docker_gpu_flags="--gpus all",
-        fast_num_workers=16, needs_security_groups=False,
+        fast_num_workers=16, needs_security_groups=False, tracked_run_minutes=6, lightning_run_minutes=10,
     ),
     "amd": Variant(
         name="amd", title="AMD MI100 (gpu_mi100)", site="CHI@TACC", reservation="node",
@@ -41,14 +46,14 @@ VARIANTS = {
         image="CC-Ubuntu24.04-ROCm", gpu_tool="rocm-smi", metrics_library="pyrsmi",
         jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-rocm",
         docker_gpu_flags="--device=/dev/kfd --device=/dev/dri --group-add video --group-add $(getent group render | cut -d: -f3)",
-        fast_num_workers=16, needs_security_groups=False,
+        fast_num_workers=16, needs_security_groups=False, tracked_run_minutes=13, lightning_run_minutes=10,
     ),
     "vm": Variant(
         name="vm", title="NVIDIA H100 virtual machine (KVM@TACC)", site="KVM@TACC", reservation="flavor",
         node_type="g1.h100.pci.1", default_node="", gpus=1, gpu_model="H100",
         image="CC-Ubuntu24.04-CUDA", gpu_tool="nvidia-smi", metrics_library="nvidia-ml-py (pynvml)",
         jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-cuda", docker_gpu_flags="--gpus all",
-        fast_num_workers=16, needs_security_groups=True,
+        fast_num_workers=16, needs_security_groups=True, tracked_run_minutes=6, lightning_run_minutes=10,
     ),
 }
 DEFAULT_VARIANT = "nvidia"

@@ -43,7 +43,8 @@ def mlflow_server(tmp_path_factory):
 def run_script(mlflow_server, data_dir, tmp_path):
     """Run a workspace script as a student would, in its own folder, against the session's server."""
 
-    def run(script: str, *args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    def run(script: str, *args: str, env: dict | None = None, timeout: float = 300,
+            workspace: Path = WORKSPACE) -> subprocess.CompletedProcess:
         full_env = {
             **os.environ,
             "MLFLOW_TRACKING_URI": mlflow_server.url,
@@ -52,7 +53,7 @@ def run_script(mlflow_server, data_dir, tmp_path):
             **(env or {}),
         }
         return subprocess.run(
-            [sys.executable, str(WORKSPACE / script), *args],
+            [sys.executable, str(workspace / script), *args],
             cwd=tmp_path, env=full_env, capture_output=True, text=True, timeout=timeout,
         )
 

@@ -143,18 +143,25 @@ def test_jupyter_run_command_per_variant(variant):
     profile = VARIANTS[variant]
     command = node_stack.jupyter_run_command(profile, "129.114.1.2")
     assert "--shm-size 16G" in command and "-p 8888:8888" in command
-    assert "-v ~/mlflow-chi/workspace_mlflow:/home/jovyan/work" in command and "-v food11:/mnt" in command
+    # The node's git checkout, whole: the helpers beside the notebooks (one version, none baked into the
+    # image) and the history MLflow reads each run's commit from.
+    assert "-v ~/mlflow-chi:/home/jovyan/work" in command and "-v food11:/mnt" in command
     assert "-e MLFLOW_TRACKING_URI=http://129.114.1.2:8000/" in command
     assert "-e FOOD11_DATA_DIR=/mnt/Food-11" in command
-    # One version of the helpers: the node's copy, next to the notebooks, not one baked into the image.
-    assert "-v ~/mlflow-chi/chi_helpers:/home/jovyan/chi_helpers:ro" in command
-    assert "-e PYTHONPATH=/home/jovyan" in command
+    assert "-e PYTHONPATH=/home/jovyan/work" in command and "chi_helpers:" not in command
     if variant == "amd":
         assert "--device=/dev/kfd --device=/dev/dri --group-add video" in command
         assert "--group-add $(getent group render | cut -d: -f3)" in command  # the host's render gid
         assert "--gpus" not in command
     else:
         assert "--gpus all" in command and "/dev/kfd" not in command
+
+
+@pytest.mark.parametrize("dockerfile", ["docker/Dockerfile.jupyter-mlflow-cuda", "docker/Dockerfile.jupyter-mlflow-rocm"])
+def test_the_jupyter_images_let_git_read_the_node_users_checkout(dockerfile):
+    # Without it git, and MLflow through GitPython, refuse a repository another user owns, and runs
+    # would silently record no commit.
+    assert "ENV GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=safe.directory GIT_CONFIG_VALUE_0=*" in (REPO / dockerfile).read_text()
 
 
 def test_tracking_commands_use_the_env_file():

@@ -131,9 +131,12 @@ def test_baseline_trains_without_touching_mlflow(run_script, new_runs, tmp_path)
     assert "test_accuracy" in done.stdout and done.stdout.count("epoch_time") == 3
 
 
-def test_diff_of_baseline_and_tracked_script_is_only_tracking():
-    baseline = (WORKSPACE / "train.py").read_text().splitlines()
-    tracked = (WORKSPACE / "train_mlflow.py").read_text().splitlines()
+@pytest.mark.parametrize("baseline_script,tracked_script", [("train.py", "train_mlflow.py"),
+                                                           ("train_lightning.py", "train_lightning_mlflow.py")])
+def test_diff_of_baseline_and_tracked_script_is_only_tracking(baseline_script, tracked_script):
+    # The notebooks show these diffs as the lesson: every line in them must be about tracking.
+    baseline = (WORKSPACE / baseline_script).read_text().splitlines()
+    tracked = (WORKSPACE / tracked_script).read_text().splitlines()
     docstring = len(baseline[: baseline.index('"""', 1) + 1])
     hunks = []
     matcher = difflib.SequenceMatcher(a=baseline, b=tracked, autojunk=False)
@@ -146,13 +149,19 @@ def test_diff_of_baseline_and_tracked_script_is_only_tracking():
             assert any(new.strip() == line.strip() for new in added), f"baseline line dropped: {line!r}"
         hunks.append("\n".join(added))
     assert hunks, "the tracked script adds something"
-    tracking_words = ("mlflow", "gpu_info", "run_ends_on_interrupt", "torchvision", "MODEL_REQUIREMENTS")
+    tracking_words = ("mlflow", "gpu_info", "run_ends_on_interrupt", "torchvision", "MODEL_REQUIREMENTS", "log_every_rank")
     for hunk in hunks:
         assert any(word in hunk for word in tracking_words), f"not a tracking change:\n{hunk}"
 
 
-def test_lightning_makes_exactly_one_run_with_train_val_and_test_metrics(run_script, new_runs, client, tmp_path):
+def test_untracked_lightning_trains_without_touching_mlflow(run_script, new_runs):
     done = run_script("train_lightning.py", *FAST_TRAINING)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert new_runs() == [] and "test_accuracy" in done.stdout
+
+
+def test_lightning_makes_exactly_one_run_with_train_val_and_test_metrics(run_script, new_runs, client, tmp_path):
+    done = run_script("train_lightning_mlflow.py", *FAST_TRAINING)
     assert done.returncode == 0, done.stderr[-3000:]
     runs = new_runs()
     assert len(runs) == 1
@@ -164,6 +173,24 @@ def test_lightning_makes_exactly_one_run_with_train_val_and_test_metrics(run_scr
     assert run.data.params["optimizer_name"] == "Adam"  # autologged
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"gpu-info.txt", "model_summary.txt"} <= artifacts
+
+
+TWO_PROCESSES = [*FAST_TRAINING[:-1], "2", "--devices", "2"]  # DDP over two CPU processes, as over two GPUs
+
+
+def test_with_two_processes_the_rank_check_makes_one_run_and_without_it_two(run_script, new_runs):
+    done = run_script("train_lightning_mlflow.py", *TWO_PROCESSES)
+    assert done.returncode == 0, done.stderr[-3000:]
+    [run] = new_runs()
+    assert {"val_loss", "test_accuracy"} <= set(run.data.metrics)
+
+    done = run_script("train_lightning_mlflow.py", *TWO_PROCESSES, "--log_every_rank", "true")
+    assert done.returncode == 0, done.stderr[-3000:]
+    made = [r for r in new_runs() if r.data.params.get("log_every_rank") == "True"]
+    assert len(made) == 2  # one training, two runs: what the rank check prevents
+    metrics = sorted((sorted(k for k in r.data.metrics if not k.startswith("system/")) for r in made), key=len)
+    assert metrics[0] == [] and "val_loss" in metrics[1]  # the second rank's run: system metrics only
+    assert all(any(k.startswith("system/") for k in r.data.metrics) for r in made)
 
 
 def wait_for_training(client: MlflowClient, new_runs, proc: subprocess.Popen, timeout: float = 120):
@@ -179,7 +206,7 @@ def wait_for_training(client: MlflowClient, new_runs, proc: subprocess.Popen, ti
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-@pytest.mark.parametrize("script", ["train_mlflow.py", "train_lightning.py"])
+@pytest.mark.parametrize("script", ["train_mlflow.py", "train_lightning_mlflow.py"])
 def test_an_interrupted_run_ends_killed_and_the_next_one_starts(
     script, signum, run_script, new_runs, client, mlflow_server, data_dir, tmp_path
 ):

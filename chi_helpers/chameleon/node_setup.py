@@ -6,12 +6,15 @@ something that leaves the same state when repeated (`usermod -aG`, `apt-get inst
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 from dataclasses import dataclass
+from pathlib import Path
 
 from chi_helpers.chameleon.node_stack import REMOTE_REPO
 from chi_helpers.variants import Variant
 
-ARCHIVE = "/tmp/mlflow-chi.tar.gz"  # where an uploaded checkout lands on the node
+BUNDLE = "/tmp/mlflow-chi.bundle"  # where an uploaded copy of the series (a git bundle) lands on the node
 NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 
 
@@ -19,32 +22,57 @@ NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 class Step:
     title: str
     command: str
-    upload: str | None = None  # a local file sent to ARCHIVE before the command runs
+    upload: str | None = None  # a local file sent to BUNDLE before the command runs
 
 
 def materials(repo: str | None = None, ref: str = "main", archive: str | None = None) -> list[Step]:
-    """The series' files on the node: cloned from `repo` at `ref`, or, when the series has no
-    public home, this checkout packed into `archive` (see `pack_checkout`) and uploaded."""
+    """The series on the node, as a git checkout (so every run records the commit of its code):
+    cloned from `repo` at `ref`, or, when the series has no public home, this copy packed into the
+    git bundle `archive` (see `pack_checkout`) and uploaded. A second upload fast-forwards the node's
+    copy; commits made on the node are kept."""
     if repo:
         return [Step(
             f"this series' files at {REMOTE_REPO}, from {repo} at {ref}",
             f"test -d {REMOTE_REPO}/.git || git clone {repo} {REMOTE_REPO}; "
             f"git -C {REMOTE_REPO} fetch --depth 1 origin {ref} && git -C {REMOTE_REPO} checkout --force FETCH_HEAD",
         )]
+    git = f"git -C {REMOTE_REPO}"
     return [Step(
-        f"this series' files at {REMOTE_REPO}, uploaded from this checkout",
-        f"mkdir -p {REMOTE_REPO} && tar -xzf {ARCHIVE} -C {REMOTE_REPO} && rm {ARCHIVE}",
-        upload=archive or "<this checkout, packed with git archive>",
+        f"this series' files at {REMOTE_REPO}, a git checkout of the uploaded copy",
+        # A bundle of HEAD clones detached: a branch to commit on, and a name for those commits.
+        f"test -d {REMOTE_REPO}/.git || {{ git clone --quiet {BUNDLE} {REMOTE_REPO} && {git} switch --quiet -c series "
+        f"&& {git} config user.name \"$USER\" && {git} config user.email \"$USER@$(hostname)\"; }}; "
+        f"{git} fetch --quiet {BUNDLE} HEAD && {{ {git} merge --ff-only --quiet FETCH_HEAD "
+        f"|| echo 'the copy on the node has commits of its own: kept as it is'; }} && rm {BUNDLE}",
+        upload=archive or "<this copy of the series, packed as a git bundle>",
     )]
 
 
-def pack_checkout(path: str, ref: str = "HEAD") -> str:
-    """This checkout's committed files at `ref`, as a tar.gz to upload."""
-    import subprocess
+def pack_checkout(path: str, root: str | Path | None = None) -> str:
+    """This copy of the series as a git bundle at `path`, to upload.
 
+    A git checkout sends its history up to HEAD (committed files only), so a run on the node records
+    the same commit as here. A copy that is not a git checkout (a download, some Trovi launches)
+    sends one commit of its files, as they are, and the node starts its history from there.
+    """
     from chi_helpers.series import REPO_ROOT
 
-    subprocess.run(["git", "-C", str(REPO_ROOT), "archive", "--format=tar.gz", "-o", path, ref], check=True)
+    root = Path(root or REPO_ROOT)
+    inside = subprocess.run(["git", "-C", str(root), "rev-parse", "--show-toplevel"], capture_output=True, text=True)
+    if inside.returncode == 0 and Path(inside.stdout.strip()).resolve() == root.resolve():
+        subprocess.run(["git", "-C", str(root), "bundle", "create", "--quiet", path, "HEAD"], check=True)
+        return path
+    return pack_snapshot(path, root)
+
+
+def pack_snapshot(path: str, root: str | Path, message: str = "the series as copied") -> str:
+    """The files of `root` as they are now (what its .gitignore leaves), one commit, as a git bundle."""
+    with tempfile.TemporaryDirectory() as git_dir:
+        git = ["git", f"--git-dir={git_dir}", f"--work-tree={root}", "-c", "user.name=series",
+               "-c", "user.email=series@localhost", "-c", "commit.gpgsign=false"]
+        for command in (["init", "--quiet"], ["add", "--all"], ["commit", "--quiet", "-m", message],
+                        ["bundle", "create", "--quiet", path, "HEAD"]):
+            subprocess.run([*git, *command], check=True, capture_output=True)
     return path
 
 
@@ -128,7 +156,7 @@ def run(node, step: Step, retry_after: float = 5.0) -> str:
     for attempt in (1, 2):
         try:
             if step.upload:
-                node.upload(step.upload, ARCHIVE)
+                node.upload(step.upload, BUNDLE)
             result = node.execute(step.command)
             break
         except UnexpectedExit as failure:

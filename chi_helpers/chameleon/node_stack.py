@@ -12,6 +12,7 @@ REMOTE_REPO = "~/mlflow-chi"  # where the node setup puts this repository
 ENV_FILE = "~/mlflow-stack.env"  # the generated credentials; never leaves the node
 TRACKING = f"docker compose --env-file {ENV_FILE} -f {REMOTE_REPO}/docker/compose-tracking.yaml"
 DATA = f"docker compose -f {REMOTE_REPO}/docker/compose-data.yaml"
+CONTAINER_SERIES = "/home/jovyan/work"  # where the Jupyter container sees REMOTE_REPO
 
 
 def data_commands() -> list[str]:
@@ -38,9 +39,9 @@ def jupyter_run_command(profile: Variant, address: str) -> str:
         "docker ps -q --filter name=^jupyter$ | grep -q . || "
         "docker run -d --rm --name jupyter -p 8888:8888 --shm-size 16G "
         f"{profile.docker_gpu_flags} "
-        f"-v {REMOTE_REPO}/workspace_mlflow:/home/jovyan/work -v food11:/mnt "
-        # The helpers of the same copy as the notebooks, found by their setup cell (a parent folder).
-        f"-v {REMOTE_REPO}/chi_helpers:/home/jovyan/chi_helpers:ro -e PYTHONPATH=/home/jovyan "
+        # The node's git checkout of the series, whole: the helpers beside the notebooks, and the
+        # history, so MLflow records the commit of the code each run ran.
+        f"-v {REMOTE_REPO}:{CONTAINER_SERIES} -v food11:/mnt -e PYTHONPATH={CONTAINER_SERIES} "
         f"-e MLFLOW_TRACKING_URI=http://{address}:8000/ -e FOOD11_DATA_DIR=/mnt/Food-11 "
         "jupyter-mlflow"
     )
@@ -58,7 +59,7 @@ def executed_path(variant: str, notebook: str) -> str:
 
 def node_notebook_command(variant: str, notebook: str) -> str:
     """Runs a node-side notebook with papermill inside the Jupyter container, as a student would run it there."""
-    return (f"docker exec -w /home/jovyan/work/{variant} jupyter papermill {notebook} executed/{notebook} "
+    return (f"docker exec -w {CONTAINER_SERIES}/workspace_mlflow/{variant} jupyter papermill {notebook} executed/{notebook} "
             f"-p variant {variant} -p target chameleon")
 
 

@@ -69,7 +69,7 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
             add("02_server", "python-chi", f"SecurityGroup allow-{port} ({name}, tcp {port}).submit(idempotent=True); "
                                            f"add_security_group('allow-{port}')")
     if not repo:
-        add("02_server", "here", "git archive HEAD -o /tmp/mlflow-chi.tar.gz; upload to the node")
+        add("02_server", "here", f"git bundle create {node_setup.BUNDLE} HEAD (this copy and its history); upload to the node")
     for step in node_setup.steps(profile, repo=repo, ref=ref):
         add("02_server", "node", step.command)
     add("02_server", "node", node_setup.image_build_check().command)

@@ -140,6 +140,25 @@ def existing_lease(name: str):
     return chi.lease.get_lease(live[0]["id"])
 
 
+def check_same_host(lease, lease_name: str, node_name: str) -> None:
+    """A lease of this name that reserves another host is someone else's plan, not this one: refuse it."""
+    if reserved_host(lease) not in (None, node_name):
+        raise ReservationError(
+            f"a lease named {lease_name!r} already exists and reserves {reserved_host(lease)!r}, not "
+            f"{node_name!r}. Use another lease_name, or set node_name = {reserved_host(lease)!r}."
+        )
+
+
+def check_block_is_free(node_name: str, wanted: tuple[datetime, datetime], first_free: tuple[datetime, datetime]) -> None:
+    """Refuse a block the host's calendar shows taken, naming its first free block instead."""
+    if first_free[0] != wanted[0]:
+        raise ReservationError(
+            f"{node_name} is taken from {wanted[0]:%Y-%m-%d %H:%M} to {wanted[1]:%H:%M} UTC (someone else's lease, "
+            f"or maintenance). Its first free block is {first_free[0]:%Y-%m-%d %H:%M} to {first_free[1]:%H:%M} UTC: "
+            'set when = "free" to reserve that one, or node_name to another host.'
+        )
+
+
 def describe(lease, now: datetime | None = None) -> str:
     """Where a lease stands, in a sentence; raises for a lease in ERROR."""
     now = now or datetime.now(timezone.utc)
@@ -175,11 +194,8 @@ def submit(profile: Variant, lease_name: str, node_name: str | None, start: date
         parameters.check_name("node_name", node_name, profile.default_node or f"a {profile.node_type} host")
     found = existing_lease(lease_name)
     if found is not None:
-        if profile.reservation == "node" and reserved_host(found) not in (None, node_name):
-            raise ReservationError(
-                f"a lease named {lease_name!r} already exists and reserves {reserved_host(found)!r}, not "
-                f"{node_name!r}. Use another lease_name, or set node_name = {reserved_host(found)!r}."
-            )
+        if profile.reservation == "node":
+            check_same_host(found, lease_name, node_name)
         print(f"found lease {lease_name!r}: " + describe(found))
         return found
     if profile.reservation == "node":

@@ -7,7 +7,8 @@ node's own folder, `nodes/<server id>/root/`, or to processes the node owns:
 
 - setup (apt, Docker, the NVIDIA toolkit, nvtop, `nvidia-smi`/`rocm-smi`): plausible output, state kept
   (a step that needs an earlier one fails as it would: no `nvidia-ctk` before the toolkit is installed);
-- the series' files: the uploaded archive is really unpacked (safely); `git clone` cannot reach a host;
+- the series' files: the uploaded git bundle is really cloned (and fetched again); `git clone` of a
+  URL cannot reach a host;
 - the data job makes the small Food-11-shaped set in the node's `food11` volume (once);
 - the tracking stack: the real `credentials.py`, and `chi_helpers.local.stack` on `<floating ip>:8000`;
 - the Jupyter container: remembered, and `docker exec ... papermill` runs the notebook for real with
@@ -219,7 +220,7 @@ def _docker_ready(shell: Shell) -> int:
 
 REMOTE_REPO = node_stack.REMOTE_REPO
 ENV_FILE = node_stack.ENV_FILE
-ARCHIVE = node_setup.ARCHIVE
+BUNDLE = node_setup.BUNDLE
 NVIDIA_KEYRING = node_setup.NVIDIA_KEYRING
 WORD = r"[^\s'\"]+"
 
@@ -230,45 +231,54 @@ def _safe_name(name: str) -> bool:
     return ".." not in PurePosixPath(name).parts
 
 
-@answers("unpack the series", rf"mkdir -p (?P<dest>{WORD}) && tar -xzf (?P<archive>{WORD}) -C (?P=dest) && rm (?P=archive)")
-def unpack(shell: Shell, match: re.Match) -> int:
+def _git(shell: Shell, repo: Path, *arguments: str) -> subprocess.CompletedProcess:
+    """Real git on the node's folder (a bundle is a local file: nothing leaves this machine)."""
+    return subprocess.run(["git", "-C", str(repo), *arguments], capture_output=True, text=True)
+
+
+@answers("check out the uploaded series",
+         rf"test -d (?P<dest>{WORD})/\.git \|\| \{{ git clone --quiet (?P<bundle>{WORD}) (?P=dest) && "
+         rf"git -C (?P=dest) switch --quiet -c (?P<branch>[\w-]+) && git -C (?P=dest) config user\.name \"\$USER\" && "
+         rf"git -C (?P=dest) config user\.email \"\$USER@\$\(hostname\)\"; \}}; "
+         rf"git -C (?P=dest) fetch --quiet (?P=bundle) HEAD && \{{ git -C (?P=dest) merge --ff-only --quiet FETCH_HEAD "
+         rf"\|\| echo '(?P<kept>[^']+)'; \}} && rm (?P=bundle)")
+def check_out(shell: Shell, match: re.Match) -> int:
     dest = shell.path(match["dest"])
-    dest.mkdir(parents=True, exist_ok=True)
-    archive_name = shell.expand(match["archive"])
-    archive = shell.path(match["archive"])
-    if not archive.is_file():
-        shell.warn(f"tar (child): {archive_name}: Cannot open: No such file or directory\n"
-                   "tar (child): Error is not recoverable: exiting now\ntar: Child returned status 2\n"
-                   "tar: Error is not recoverable: exiting now")
-        return 2
-    try:
-        opened = tarfile.open(archive, "r:gz")
-    except (tarfile.TarError, OSError, EOFError):
-        shell.warn("\ngzip: stdin: not in gzip format\ntar: Child returned status 1\n"
-                   "tar: Error is not recoverable: exiting now")
-        return 2
-    failed = stripped = False
-    with opened:
-        for member in opened:
-            if not _safe_name(member.name):
-                shell.warn(f"tar: {member.name}: Member name contains '..'")
-                failed = True
-                continue
-            if member.name.startswith("/") and not stripped:
-                shell.warn("tar: Removing leading `/' from member names")
-                stripped = True
-            try:
-                opened.extract(member, dest, filter="data")  # refuses links out of dest and device files
-            except tarfile.FilterError as error:
-                shell.warn(f"tar: {member.name}: Cannot extract: {error}")
-                failed = True
-            except OSError as error:
-                shell.warn(f"tar: {member.name}: Cannot open: {error.strerror}")
-                failed = True
-    if failed:
-        shell.warn("tar: Exiting with failure status due to previous errors")
-        return 2
-    archive.unlink()
+    bundle_name = shell.expand(match["bundle"])
+    bundle = shell.path(match["bundle"])
+    if not (dest / ".git").is_dir():
+        if dest.is_dir() and any(dest.iterdir()):
+            shell.warn(f"fatal: destination path '{shell.expand(match['dest'])}' already exists and is not an empty directory.")
+            dest = None
+        elif not bundle.is_file():
+            shell.warn(f"fatal: repository '{bundle_name}' does not exist")
+            dest = None
+        else:
+            done = subprocess.run(["git", "clone", "--quiet", str(bundle), str(dest)], capture_output=True, text=True)
+            steps = [done] if done.returncode else [
+                done, _git(shell, dest, "switch", "--quiet", "-c", match["branch"]),
+                _git(shell, dest, "config", "user.name", "cc"),
+                _git(shell, dest, "config", "user.email", f"cc@{shell.node.name}")]
+            failed = next((step for step in steps if step.returncode), None)
+            if failed is not None:
+                shell.warn(failed.stderr.rstrip())
+                dest = None
+    if dest is None or not dest.is_dir():
+        if dest is not None:
+            shell.warn(f"fatal: cannot change to '{shell.expand(match['dest'])}': No such file or directory")
+        return 128
+    if not bundle.is_file():
+        shell.warn(f"fatal: '{bundle_name}' does not appear to be a git repository")
+        return 128
+    fetched = _git(shell, dest, "fetch", "--quiet", str(bundle), "HEAD")
+    if fetched.returncode:
+        shell.warn(fetched.stderr.rstrip())
+        return fetched.returncode
+    merged = _git(shell, dest, "merge", "--ff-only", "--quiet", "FETCH_HEAD")
+    if merged.returncode:
+        shell.warn(merged.stderr.rstrip())
+        shell.say(match["kept"])
+    bundle.unlink()
     return 0
 
 

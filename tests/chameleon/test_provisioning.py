@@ -23,7 +23,7 @@ def titles(variant: str) -> list[str]:
 
 def test_nvidia_steps_in_order():
     commands = [s.command for s in node_setup.steps(VARIANTS["nvidia"])]
-    order = ["tar -xzf", "get.docker.com", "usermod -aG docker", "libnvidia-container/gpgkey",
+    order = ["git clone --quiet /tmp/mlflow-chi.bundle", "get.docker.com", "usermod -aG docker", "libnvidia-container/gpgkey",
              "nvidia-container-toolkit.list", "apt-get install -yq nvidia-container-toolkit jq nvtop",
              "nvidia-ctk runtime configure --runtime=docker", "native.cgroupdriver=cgroupfs",
              "systemctl restart docker", "nvidia-smi", "docker build -t jupyter-mlflow -f docker/Dockerfile.jupyter-mlflow-cuda"]
@@ -55,7 +55,7 @@ SAFE_TWICE = {
     "restart docker": "systemctl restart",
     "nvtop.git": "command -v nvtop >/dev/null ||",
     "docker build": "docker image inspect jupyter-mlflow >/dev/null 2>&1 ||",
-    "tar -xzf": "mkdir -p",
+    "mlflow-chi.bundle": "test -d ~/mlflow-chi/.git ||",  # cloned once, then fast-forwarded
 }
 
 
@@ -105,15 +105,17 @@ def test_the_clone_step_run_twice_lands_on_the_ref(tmp_path):
         assert (target / "README.md").read_text() == version
 
 
-def test_the_upload_step_unpacks_this_checkout_again_and_again(tmp_path):
-    archive = node_setup.pack_checkout(str(tmp_path / "series.tar.gz"))
-    [step] = node_setup.materials(archive=archive)
+def test_the_upload_step_checks_out_this_copy_again_and_again(tmp_path):
+    bundle = node_setup.pack_checkout(str(tmp_path / "series.bundle"))
+    [step] = node_setup.materials(archive=bundle)
     target = tmp_path / "mlflow-chi"
     for _ in range(2):
-        (tmp_path / "upload.tar.gz").write_bytes(open(archive, "rb").read())  # what node.upload does
-        done = run_here(step.command, tmp_path, {REPO: str(target), node_setup.ARCHIVE: str(tmp_path / "upload.tar.gz")})
+        (tmp_path / "upload.bundle").write_bytes(open(bundle, "rb").read())  # what node.upload does
+        done = run_here(step.command, tmp_path, {REPO: str(target), node_setup.BUNDLE: str(tmp_path / "upload.bundle")})
         assert done.returncode == 0, done.stderr
+        assert not (tmp_path / "upload.bundle").exists()
     assert (target / "chi_helpers" / "food11.py").exists() and (target / "docker" / "compose-tracking.yaml").exists()
+    assert (target / ".git").is_dir()
 
 
 def test_a_failing_step_shows_its_command_and_output_tail():
@@ -135,10 +137,10 @@ def test_a_failing_step_shows_its_command_and_output_tail():
 def test_run_uploads_before_the_command():
     node = mock.Mock()
     node.execute.return_value = mock.Mock(stdout="ok", stderr="")
-    [step] = node_setup.materials(archive="/tmp/x.tar.gz")
+    [step] = node_setup.materials(archive="/tmp/x.bundle")
     node_setup.run(node, step)
     assert [c[0] for c in node.mock_calls] == ["upload", "execute"]
-    node.upload.assert_called_once_with("/tmp/x.tar.gz", node_setup.ARCHIVE)
+    node.upload.assert_called_once_with("/tmp/x.bundle", node_setup.BUNDLE)
 
 
 # --- the chameleon plan --------------------------------------------------------------------------

@@ -9,6 +9,9 @@ credentials must stop at its login check with what to set.
 
 The hub's base environment is built once and kept in ~/.cache/chi-series (about a minute the first
 time); each session works on a copy of it, so the notebooks' own installs are exercised every time.
+Every install comes from the wheels `make install` keeps in .venv/wheelhouse (tests/series/hub-kernel.txt),
+never from a package index, and the kernels run behind the network guard: a test sends nothing
+beyond this machine.
 """
 
 from __future__ import annotations
@@ -25,20 +28,27 @@ import nbformat
 import papermill as pm
 import pytest
 
+from chi_helpers.kernel_setup import NEEDS, PROVIDERS
 from chi_helpers.local import processes
 from chi_helpers.series import NOTEBOOKS, REPO_ROOT
+from chi_helpers.twin import guard
 from chi_helpers.variants import VARIANTS
 
 # What Chameleon's JupyterHub kernel has (SPEC: "Chameleon's JupyterHub and Trovi").
 HUB_PACKAGES = ["python-chi==1.2.10", "chameleon-blazarclient==3.6.5", "ipykernel>=6.29", "ipywidgets>=8"]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chi-series"
 KERNEL = "hub-standin"
+REQUIREMENTS = Path(__file__).with_name("hub-kernel.txt")
+WHEELHOUSE = Path(sys.prefix) / "wheelhouse"  # made by `make install` from REQUIREMENTS
+OFFLINE = ["--no-index", "--find-links", str(WHEELHOUSE)]
 QUIET = "chi_helpers.series.quiet_kernel.QuietKernelManager"
 TESTBED = [entry for entry in NOTEBOOKS if entry.side == "testbed"]
 
 
 def base_environment() -> Path:
     """The hub's packages in a virtual environment, built once per set of packages."""
+    if not WHEELHOUSE.is_dir():
+        pytest.fail(f"no wheels at {WHEELHOUSE}: run `make install` (it keeps the hub kernel's wheels there)")
     key = hashlib.sha256(json.dumps([sys.version, HUB_PACKAGES]).encode()).hexdigest()[:12]
     base = CACHE / f"hub-kernel-{key}"
     if (base / ".complete").exists():
@@ -46,7 +56,7 @@ def base_environment() -> Path:
     building = CACHE / f"hub-kernel-{key}.building-{os.getpid()}"
     shutil.rmtree(building, ignore_errors=True)
     subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-    subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", *HUB_PACKAGES],
+    subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", *OFFLINE, *HUB_PACKAGES],
                    check=True, timeout=900)
     (building / ".complete").touch()
     shutil.rmtree(base, ignore_errors=True)
@@ -91,12 +101,24 @@ def hub_env(hub, monkeypatch):
         if key.startswith(("OS_", "MLFLOW_", "FOOD11_")) or key in ("PYTHONPATH", "VIRTUAL_ENV", "JPY_SESSION_NAME"):
             monkeypatch.delenv(key)
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    # The setup cells' pip takes the wheels on this disk; every kernel (and what it starts) is guarded.
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", str(WHEELHOUSE))
+    guarded = guard.environment({})
+    for key in ("PYTHONPATH", guard.FLAG):
+        monkeypatch.setenv(key, guarded[key])
 
 
 def run(copy: Path, folder: str, notebook: str, out: Path, parameters: dict):
     source = copy / folder / notebook
     return pm.execute_notebook(str(source), str(out), parameters=parameters, cwd=str(source.parent),
                                kernel_name=KERNEL, progress_bar=False, kernel_manager_class=QUIET)
+
+
+def test_the_wheelhouse_holds_what_the_hub_kernel_and_its_setup_cells_install():
+    listed = {line.strip() for line in REQUIREMENTS.read_text().splitlines() if line.strip() and line[0] != "#"}
+    setup_installs = {PROVIDERS[name] for (side, _), names in NEEDS.items() if side == "testbed" for name in names}
+    assert set(HUB_PACKAGES) | setup_installs <= listed
 
 
 def test_the_stand_in_kernel_has_only_what_the_hub_has(hub):

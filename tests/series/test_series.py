@@ -211,26 +211,59 @@ def test_the_whole_series_passes_and_reports(series):
 
 
 def test_tracking_notebook_leaves_a_baseline_and_two_tracked_runs(series):
-    report, client, _ = series
+    report, client, workdir = series
     runs = [client.get_run(r["run_id"]) for r in by_name(report)["05_track_pytorch"]["runs"]]
     assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]  # the utilization lesson
+    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
     for run in runs:
         assert run.info.status == "FINISHED"
         assert run.data.params["image_size"] == "32" and run.data.params["total_epochs"] == "2"
         assert {"epoch_time", "val_loss", "test_accuracy", "trainable_params"} <= set(run.data.metrics)
         assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1]
+        if head:  # run from a git checkout (as CI's clone is): each run names its commit
+            assert run.data.tags["mlflow.source.git.commit"] == head
+    executed = nbformat.read(workdir / "out" / "05_track_pytorch.ipynb", 4)
+    said = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "Wall time:" in said  # every training cell says how long it took
+    assert ("= this checkout's HEAD" in said) == bool(head)
 
 
-def test_lightning_notebook_leaves_two_runs_differing_in_lr_only(series):
-    report, client, _ = series
+def test_lightning_notebook_shows_the_rank_check_then_two_runs_differing_in_lr_only(series):
+    report, client, workdir = series
     runs = [client.get_run(r["run_id"]) for r in by_name(report)["06_lightning"]["runs"]]
-    assert len(runs) == 2
-    first, second = sorted(runs, key=lambda r: r.info.start_time)
+    every_rank = [r for r in runs if r.data.params.get("log_every_rank") == "True"]
+    checked = [r for r in runs if r.data.params.get("log_every_rank") == "False"]
+    # Without the rank check one training (two processes on the CPU) made two runs, one of them with
+    # system metrics only; with it, one run per training.
+    assert len(every_rank) == 2 and len(checked) == 2 and len(runs) == 4
+    training_metrics = sorted(len([k for k in r.data.metrics if not k.startswith("system/")]) for r in every_rank)
+    assert training_metrics[0] == 0 and training_metrics[1] > 0
+    first, second = sorted(checked, key=lambda r: r.info.start_time)
     assert float(second.data.params["lr"]) == pytest.approx(float(first.data.params["lr"]) / 3)
     differing = {k for k in first.data.params if first.data.params[k] != second.data.params.get(k)}
     assert differing == {"lr"}
-    for run in runs:
+    for run in checked:
         assert {"train_loss", "val_loss", "test_accuracy"} <= set(run.data.metrics)
+    executed = nbformat.read(workdir / "out" / "06_lightning.ipynb", 4)
+    said = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+    assert "one training, 2 run(s):" in said and "system metrics only" in said
+    assert "from autologging alone:" in said and "optimizer_name=Adam" in said
+
+
+def test_the_lease_timeline_fits_and_uses_the_budgets_the_notebooks_declare():
+    from chi_helpers import lease_timeline
+
+    declared = {}
+    for name in ("05_track_pytorch.ipynb", "06_lightning.ipynb"):
+        declared.update(pm.inspect_notebook(str(REPO_ROOT / "workspace_mlflow" / "nvidia" / name)))
+    assert declared["baseline_minutes"]["default"] == str(lease_timeline.BASELINE_MINUTES)
+    assert declared["slow_run_minutes"]["default"] == str(lease_timeline.SLOW_RUN_MINUTES)
+    assert declared["untracked_minutes"]["default"] == str(lease_timeline.UNTRACKED_LIGHTNING_MINUTES)
+    assert declared["every_rank_minutes"]["default"] == str(lease_timeline.EVERY_RANK_MINUTES)
+    for profile in VARIANTS.values():
+        total = sum(minutes for _, _, minutes in lease_timeline.steps(profile))
+        assert total <= lease_timeline.LEASE_MINUTES * 0.6, (profile.name, total)  # room to spare
+        assert f"{lease_timeline.LEASE_MINUTES - total} min to spare" in lease_timeline.render(profile)
 
 
 def test_registry_notebook_registers_the_best_run_and_downloads_it(series):

@@ -7,12 +7,11 @@ with a bound floating IP and the twin's key pair into the world, and talks to `<
 from __future__ import annotations
 
 import ast
-import io
 import json
 import os
 import re
 import socket
-import tarfile
+import subprocess
 import threading
 import time
 import urllib.request
@@ -108,39 +107,23 @@ def node(twin, nodes):
     return Node(twin, nodes)
 
 
-def tar_gz(path: Path, members: dict[str, bytes]) -> Path:
-    with tarfile.open(path, "w:gz") as archive:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-    return path
+def bundle_head(bundle: Path) -> str:
+    return subprocess.run(["git", "bundle", "list-heads", str(bundle)], capture_output=True, text=True,
+                          check=True).stdout.split()[0]
 
 
-SKIPPED = {"__pycache__", "checkpoints", "deployed_model", "lightning_logs", "mlruns", ".ipynb_checkpoints"}
-
-
-def pack_series(path: Path) -> Path:
-    """What `node_setup.pack_checkout` sends, without git: the helpers, docker/ and the node-side workspace."""
-    with tarfile.open(path, "w:gz") as archive:
-        for folder in ("chi_helpers", "docker", "workspace_mlflow"):
-            for file in sorted((REPO_ROOT / folder).rglob("*")):
-                relative = file.relative_to(REPO_ROOT)
-                executed_copy = "executed" in relative.parts and file.suffix == ".ipynb"
-                if file.is_file() and not SKIPPED & set(relative.parts) and file.suffix not in (".pyc", ".pth") \
-                        and not executed_copy:
-                    archive.add(file, str(relative))
-    return path
-
-
-def set_up(node: Node, tmp_path: Path, variant: str = "nvidia") -> None:
-    """Notebook 02 on the node: every setup step of the variant, the series uploaded (as python-chi's upload does)."""
-    archive = pack_series(tmp_path / "series.tar.gz")
-    for step in node_setup.steps(VARIANTS[variant], archive=str(archive)):
+def set_up(node: Node, tmp_path: Path, variant: str = "nvidia") -> str:
+    """Notebook 02 on the node: every setup step of the variant, the series uploaded (as python-chi's
+    upload does) as notebook 02 packs a copy that is not a git checkout: this checkout's files as they
+    are now, committed changes or not. Returns the commit the node's checkout is at."""
+    bundle = Path(node_setup.pack_snapshot(str(tmp_path / "series.bundle"), REPO_ROOT))
+    commit = bundle_head(bundle)
+    for step in node_setup.steps(VARIANTS[variant], archive=str(bundle)):
         with node.connect() as connection:
             if step.upload:
-                connection.put(step.upload, node_setup.ARCHIVE)
+                connection.put(step.upload, node_setup.BUNDLE)
             connection.run(step.command, hide=True, in_stream=False)
+    return commit
 
 
 # --- every command the helpers send has an answer ----------------------------------------------------
@@ -151,7 +134,7 @@ def helper_commands() -> list[tuple[str, str]]:
     address = "127.100.1.10"
     for profile in VARIANTS.values():
         for repo in (None, "https://github.com/example/mlflow-chi.git"):
-            for step in node_setup.steps(profile, repo=repo, archive="/tmp/x.tar.gz"):
+            for step in node_setup.steps(profile, repo=repo, archive="/tmp/x.bundle"):
                 expected.append((step.command, step.title))
         expected.append((node_stack.jupyter_run_command(profile, address), "start the Jupyter container"))
         for notebook in NOTEBOOKS:
@@ -185,7 +168,7 @@ STEP_ANSWERS = {  # node_setup's step titles -> the twin's answer
 def test_every_command_the_helpers_send_has_the_answer_meant_for_it():
     for command, meant in helper_commands():
         if meant.startswith("this series' files"):
-            meant = "clone the series" if "git clone" in command else "unpack the series"
+            meant = "check out the uploaded series" if node_setup.BUNDLE in command else "clone the series"
         meant = STEP_ANSWERS.get(meant, meant)
         if meant == "the GPUs, as the host sees them":
             meant = command
@@ -250,28 +233,52 @@ def test_a_wrong_key_and_another_user_are_refused(node, tmp_path):
 
 # --- files -----------------------------------------------------------------------------------------
 
-def test_the_uploaded_series_is_unpacked_and_an_escaping_member_is_refused(node, tmp_path):
+def test_the_uploaded_series_becomes_a_git_checkout_that_a_second_upload_moves_on(node, tmp_path):
     command = node_setup.materials(archive="x")[0].command
-    good = tar_gz(tmp_path / "good.tar.gz", {"README.md": b"series\n", "docker/compose-data.yaml": b"name: x\n"})
-    with node.connect() as connection:  # python-chi's Server.upload: Fabric's put
-        connection.put(str(good), node_setup.ARCHIVE)
-    assert (node.node.root / "tmp" / "mlflow-chi.tar.gz").is_file()
+    source = tmp_path / "series"
+    (source / "docker").mkdir(parents=True)
+    (source / "docker" / "compose-data.yaml").write_text("name: x\n")
+    git = ["git", "-C", str(source), "-c", "user.name=t", "-c", "user.email=t@localhost"]
+    subprocess.run(["git", "init", "--quiet", str(source)], check=True)
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "v1"], check=True)
+
+    def upload() -> str:
+        bundle = node_setup.pack_checkout(str(tmp_path / "series.bundle"), source)
+        with node.connect() as connection:  # python-chi's Server.upload: Fabric's put
+            connection.put(bundle, node_setup.BUNDLE)
+        return bundle_head(Path(bundle))
+
+    first = upload()
     assert node.run(command).exited == 0
     assert node.home("mlflow-chi", "docker", "compose-data.yaml").read_text() == "name: x\n"
-    assert not (node.node.root / "tmp" / "mlflow-chi.tar.gz").exists()  # `&& rm` ran
+    checkout = node.home("mlflow-chi")
+    head = subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    branch = subprocess.run(["git", "-C", str(checkout), "branch", "--show-current"], capture_output=True, text=True).stdout
+    assert head == first and branch.strip() == "series"  # a branch to commit on, not a detached HEAD
+    assert not (node.node.root / "tmp" / "mlflow-chi.bundle").exists()  # `&& rm` ran
 
-    bad = tar_gz(tmp_path / "bad.tar.gz", {"ok.txt": b"fine\n", "../escaped.txt": b"out\n",
-                                            "../../../../../../escaped.txt": b"out\n"})
-    with node.connect() as connection:
-        connection.put(str(bad), node_setup.ARCHIVE)
-    result = node.run(command, warn=True)
-    assert result.exited == 2 and "Member name contains '..'" in result.stderr
-    assert node.home("mlflow-chi", "ok.txt").is_file()  # as GNU tar: the others are extracted
-    assert not list(node.node.folder.parent.parent.rglob("escaped.txt"))
-    assert (node.node.root / "tmp" / "mlflow-chi.tar.gz").exists()  # `&& rm` did not run
+    (source / "README.md").write_text("v2\n")
+    subprocess.run([*git, "add", "."], check=True)
+    subprocess.run([*git, "commit", "--quiet", "-m", "v2"], check=True)
+    second = upload()
+    assert node.run(command).exited == 0  # the second upload fast-forwards the node's copy
+    assert node.home("mlflow-chi", "README.md").read_text() == "v2\n"
+    assert subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True,
+                          text=True).stdout.strip() == second
 
-    missing = node.run(command, warn=True)  # again: the archive is still there, so tar fails the same way
-    assert missing.exited == 2
+    # A commit made on the node, then another upload that does not contain it: the node's work is kept.
+    (checkout / "notes.txt").write_text("tried lr 1e-3\n")
+    node_git = ["git", "-C", str(checkout)]
+    subprocess.run([*node_git, "add", "notes.txt"], check=True)
+    subprocess.run([*node_git, "commit", "--quiet", "-m", "on the node"], check=True)
+    (source / "README.md").write_text("v3\n")
+    subprocess.run([*git, "commit", "--quiet", "-am", "v3"], check=True)
+    upload()
+    kept = node.run(command)
+    assert kept.exited == 0 and "kept as it is" in kept.stdout
+    assert (checkout / "notes.txt").is_file() and node.home("mlflow-chi", "README.md").read_text() == "v2\n"
+
 
 
 def test_sftp_get_works_and_stays_inside_the_node(node, tmp_path):
@@ -428,7 +435,7 @@ def test_a_node_side_notebook_runs_in_the_jupyter_container(node, tmp_path, monk
     monkeypatch.setattr("sys.stdin", nothing)  # Fabric forwards stdin; pytest's own cannot be read
     server, out = FabricServer(node), tmp_path / "out"
     out.mkdir()
-    set_up(node, tmp_path)
+    commit = set_up(node, tmp_path)
     for command in [*node_stack.data_commands(), *node_stack.tracking_up_commands(node.address)]:
         node.run(command)
     early = run_node_notebook(server, "nvidia", "05_track_pytorch.ipynb", out)
@@ -456,6 +463,14 @@ def test_a_node_side_notebook_runs_in_the_jupyter_container(node, tmp_path, monk
     client = MlflowClient(f"http://{node.address}:8000")
     runs = client.search_runs([client.get_experiment_by_name("food11-classifier").experiment_id])
     assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]
+    # Each run leads back to its code: the slow run to the commit uploaded; the fix was committed on the
+    # node's checkout first (notebook 05), so the fast run names that new commit, whose parent is the upload.
+    by_workers = {r.data.params["num_workers"]: r.data.tags.get("mlflow.source.git.commit") for r in runs}
+    checkout = node.home("mlflow-chi")
+    log = subprocess.run(["git", "-C", str(checkout), "log", "-2", "--format=%H %s"], capture_output=True,
+                         text=True, check=True).stdout.splitlines()
+    assert by_workers["0"] == commit and log[1].split()[0] == commit
+    assert by_workers["2"] == log[0].split()[0] and "More data loader workers: 2" in log[0]
     registry = run_node_notebook(server, "nvidia", "07_registry.ipynb", out)  # registers 05's best run
     assert registry.status == "passed", registry.error
     versions = client.search_model_versions("name='food11-staging'")  # 05's best run and its runner-up
