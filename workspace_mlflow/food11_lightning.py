@@ -6,6 +6,7 @@ callbacks do what train_mlflow.py does by hand: freeze then unfreeze the backbon
 the best checkpoint.
 """
 
+import os
 import sys
 
 import lightning as L
@@ -70,7 +71,8 @@ def make_trainer(config: dict) -> L.Trainer:
         EarlyStopping(monitor="val_loss", mode="min", patience=config["patience"]),
         BackboneFinetuning(unfreeze_backbone_at_epoch=config["initial_epochs"], backbone_initial_lr=config["fine_tune_lr"]),
     ]
-    interactive = sys.stdout.isatty()
+    # A notebook's `!python` runs in a pseudo-terminal, where a progress bar would print every redraw.
+    interactive = sys.stdout.isatty() and "JPY_PARENT_PID" not in os.environ
     if not interactive:
         callbacks.append(PrintEpochMetrics())
     return L.Trainer(

@@ -16,8 +16,10 @@ def network_guard():
 
 
 @pytest.fixture
-def twin(tmp_path):
-    started = control.start(tmp_path / "twin", speed=600, nodes=False)  # ten minutes a second
+def twin(tmp_path, request):
+    marker = request.node.get_closest_marker("twin_speed")
+    speed = marker.args[0] if marker else 600  # ten minutes a second
+    started = control.start(tmp_path / "twin", speed=speed, nodes=False)
     yield started
     started.stop()
 
