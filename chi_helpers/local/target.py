@@ -20,7 +20,7 @@ DEFAULT_WORKDIR = REPO_ROOT / ".local-target"
 LOCAL_TRAINING_ARGS = {
     "image_size": 32,
     "initial_epochs": 2,
-    "total_epochs": 5,
+    "total_epochs": 4,
     "patience": 3,
     "pretrained": False,
     "lr": 3e-3,
