@@ -53,10 +53,11 @@ def _parse(value: str) -> datetime:
 
 
 def free_window(allocations: list[tuple[datetime, datetime]], hours: int = 3,
-                now: datetime | None = None) -> tuple[datetime, datetime]:
-    """The first block, on the hour, that overlaps none of the host's `allocations` (start, end)."""
+                now: datetime | None = None, earliest: datetime | None = None) -> tuple[datetime, datetime]:
+    """The first block, on the hour, that overlaps none of the host's `allocations` (start, end):
+    from `earliest` (the block a notebook already chose) or else from the next full hour."""
     now = now or datetime.now(timezone.utc)
-    start = next_hour(now + timedelta(minutes=1))
+    start = earliest or next_hour(now + timedelta(minutes=1))
     for busy_start, busy_end in sorted(allocations):
         if busy_end <= start:
             continue

@@ -51,6 +51,17 @@ def test_free_window_after_the_last_allocation_and_in_any_order():
 
 # --- Blazar, faked at python-chi's client -------------------------------------------------------
 
+def test_free_window_from_the_block_a_notebook_chose_a_minute_before_the_hour():
+    # Notebook 01 picks its block first (02:00 at 01:59:30); the calendar check must start from that
+    # block, not from "the next full hour a minute from now" (03:00), or an idle host looks taken.
+    now = datetime(2026, 11, 30, 1, 59, 30, tzinfo=timezone.utc)
+    chosen = datetime(2026, 11, 30, 2, 0, tzinfo=timezone.utc)
+    assert reservation.free_window([], 3, now=now)[0] == chosen + timedelta(hours=1)
+    assert reservation.free_window([], 3, now=now, earliest=chosen) == reservation.block(chosen)
+    busy = [(chosen, chosen + timedelta(hours=2))]
+    assert reservation.free_window(busy, 3, now=now, earliest=chosen)[0] == chosen + timedelta(hours=2)
+
+
 def test_pending_says_when_it_starts():
     lease = mock.Mock(status="PENDING", start_date=datetime(2026, 11, 24, 17, 0), end_date=datetime(2026, 11, 24, 19, 50))
     lease.name = "mlflow_abc123"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+from datetime import timedelta
+
 import pytest
 
 from chi_helpers import parameters
@@ -61,13 +63,16 @@ def test_a_lease_in_error_says_what_to_do(blazar):
     import time
 
     blazar.world.inject("lease-error")
-    lease = reservation.submit(NVIDIA, "mlflow_abc123", "liqid01", *reservation.next_block())
-    for _ in range(100):
+    # An hour after the next block: the twin's shortened wait to its start is seconds, not a fraction
+    # of one, so the lease is still PENDING when submit describes it, even a minute before the hour.
+    block = reservation.block(reservation.next_block()[0] + timedelta(hours=1))
+    lease = reservation.submit(NVIDIA, "mlflow_abc123", "liqid01", *block)
+    for _ in range(300):
         if lease.status == "ERROR":
             break
         time.sleep(0.1)
     with pytest.raises(reservation.ReservationError, match="is in ERROR.*release"):
-        reservation.submit(NVIDIA, "mlflow_abc123", "liqid01", *reservation.next_block())
+        reservation.submit(NVIDIA, "mlflow_abc123", "liqid01", *block)
 
 
 def test_a_taken_host_is_a_sentence(blazar):
