@@ -143,10 +143,11 @@ def existing_lease(name: str):
 
 def check_same_host(lease, lease_name: str, node_name: str) -> None:
     """A lease of this name that reserves another host is someone else's plan, not this one: refuse it."""
-    if reserved_host(lease) not in (None, node_name):
+    other = reserved_host(lease)
+    if other not in (None, node_name):
         raise ReservationError(
-            f"a lease named {lease_name!r} already exists and reserves {reserved_host(lease)!r}, not "
-            f"{node_name!r}. Use another lease_name, or set node_name = {reserved_host(lease)!r}."
+            f"a lease named {lease_name!r} already exists and reserves {other!r}, not "
+            f"{node_name!r}. Use another lease_name, or set node_name = {other!r}."
         )
 
 

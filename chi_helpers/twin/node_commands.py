@@ -32,7 +32,6 @@ import shlex
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from dataclasses import dataclass
@@ -227,11 +226,7 @@ WORD = r"[^\s'\"]+"
 
 # --- the series' files ---------------------------------------------------------------------------
 
-def _safe_name(name: str) -> bool:
-    return ".." not in PurePosixPath(name).parts
-
-
-def _git(shell: Shell, repo: Path, *arguments: str) -> subprocess.CompletedProcess:
+def _git(repo: Path, *arguments: str) -> subprocess.CompletedProcess:
     """Real git on the node's folder (a bundle is a local file: nothing leaves this machine)."""
     return subprocess.run(["git", "-C", str(repo), *arguments], capture_output=True, text=True)
 
@@ -256,9 +251,9 @@ def check_out(shell: Shell, match: re.Match) -> int:
         else:
             done = subprocess.run(["git", "clone", "--quiet", str(bundle), str(dest)], capture_output=True, text=True)
             steps = [done] if done.returncode else [
-                done, _git(shell, dest, "switch", "--quiet", "-c", match["branch"]),
-                _git(shell, dest, "config", "user.name", "cc"),
-                _git(shell, dest, "config", "user.email", f"cc@{shell.node.name}")]
+                done, _git(dest, "switch", "--quiet", "-c", match["branch"]),
+                _git(dest, "config", "user.name", "cc"),
+                _git(dest, "config", "user.email", f"cc@{shell.node.name}")]
             failed = next((step for step in steps if step.returncode), None)
             if failed is not None:
                 shell.warn(failed.stderr.rstrip())
@@ -270,11 +265,11 @@ def check_out(shell: Shell, match: re.Match) -> int:
     if not bundle.is_file():
         shell.warn(f"fatal: '{bundle_name}' does not appear to be a git repository")
         return 128
-    fetched = _git(shell, dest, "fetch", "--quiet", str(bundle), "HEAD")
+    fetched = _git(dest, "fetch", "--quiet", str(bundle), "HEAD")
     if fetched.returncode:
         shell.warn(fetched.stderr.rstrip())
         return fetched.returncode
-    merged = _git(shell, dest, "merge", "--ff-only", "--quiet", "FETCH_HEAD")
+    merged = _git(dest, "merge", "--ff-only", "--quiet", "FETCH_HEAD")
     if merged.returncode:
         shell.warn(merged.stderr.rstrip())
         shell.say(match["kept"])
