@@ -33,7 +33,7 @@ def cmd_stack(args) -> int:
         stack = local_stack.up(
             args.state_dir, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
             artifacts_destination=args.artifacts_destination, timeout=args.timeout,
-            object_store=args.object_store,
+            object_store=args.object_store, auth=args.auth, auth_file=args.auth_file,
         )
         print(f"MLFLOW_TRACKING_URI={stack.url}")
     elif args.action == "status":
@@ -48,6 +48,8 @@ def cmd_stack(args) -> int:
             print(f"  backend store:  {state['backend_store_uri']}")
             print(f"  artifacts:      {state['artifacts_destination']}")
             print(f"  log:            {state['log']}")
+            if state.get("auth_file"):
+                print(f"  sign-in:        {state['auth_file']} (MLFLOW_TRACKING_USERNAME, MLFLOW_TRACKING_PASSWORD)")
         return 0 if state["running"] else 3
     else:
         local_stack.down(args.state_dir)
@@ -174,6 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--artifacts-destination", help="default: a folder in the state dir; e.g. s3://bucket/")
     stack.add_argument("--object-store", action="store_true",
                        help="keep artifacts in a local S3 endpoint's bucket, as the node's stack does in MinIO")
+    stack.add_argument("--auth", action="store_true",
+                       help="ask for a sign-in, as the node's stack does (MLflow's auth app; admin account in the state dir)")
+    stack.add_argument("--auth-file", type=Path,
+                       help="with --auth: the env file with the admin account (made if missing; default: in the state dir)")
     stack.add_argument("--timeout", type=float, default=120, help="seconds to wait for /health")
     stack.add_argument("--json", action="store_true", help="status as JSON")
     stack.set_defaults(func=cmd_stack)

@@ -3,7 +3,12 @@
 Standard library only: it runs on the node as `python3 chi_helpers/credentials.py write FILE --address IP`
 before `docker compose --env-file FILE ... up`. A file that exists is never rewritten: PostgreSQL
 and the object store keep the credentials they were first started with, so new ones would lock
-the stack out of its own data.
+the stack out of its own data. The one thing added to an existing file is MLflow's sign-in, when
+the file predates it: no stored data depends on it yet.
+
+The MLflow admin account's variables are named as the MLflow client reads them
+(`MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`), so the Jupyter container takes exactly
+those two lines of this file and nothing else.
 """
 
 from __future__ import annotations
@@ -17,7 +22,12 @@ from pathlib import Path
 # Every variable the tracking stack's Compose file requires (`${VAR:?...}`).
 REQUIRED = (
     "POSTGRES_USER", "POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MLFLOW_ALLOWED_HOSTS",
+    "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
 )
+# MLflow's sign-in: the admin account the auth app creates on its first start, and the key that
+# signs its session cookies and forms.
+SIGN_IN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY")
+ADMIN_USERNAME = "admin"
 
 
 def allowed_hosts(address: str, port: int = 8000) -> str:
@@ -26,14 +36,24 @@ def allowed_hosts(address: str, port: int = 8000) -> str:
     return ",".join(dict.fromkeys(hosts))
 
 
+def sign_in() -> dict[str, str]:
+    """A fresh MLflow admin password and secret key. The user name is fixed: a student types it."""
+    return {
+        "MLFLOW_TRACKING_USERNAME": ADMIN_USERNAME,
+        "MLFLOW_TRACKING_PASSWORD": secrets.token_urlsafe(24),
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": secrets.token_urlsafe(32),
+    }
+
+
 def generate(address: str) -> dict[str, str]:
-    """Fresh random credentials; user names random too, so nothing about them is guessable."""
+    """Fresh random credentials; the services' user names random too, so nothing about them is guessable."""
     return {
         "POSTGRES_USER": f"mlflow_{secrets.token_hex(4)}",
         "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
         "MINIO_ROOT_USER": f"minio{secrets.token_hex(6)}",
         "MINIO_ROOT_PASSWORD": secrets.token_urlsafe(24),
         "MLFLOW_ALLOWED_HOSTS": allowed_hosts(address),
+        **sign_in(),
     }
 
 
@@ -46,12 +66,25 @@ def read(path: str | os.PathLike) -> dict[str, str]:
     return values
 
 
+def _lines(values: dict[str, str]) -> str:
+    return "".join(f"{k}={v}\n" for k, v in values.items())
+
+
 def write(path: str | os.PathLike, address: str) -> tuple[dict[str, str], bool]:
-    """Create the env file with fresh credentials unless it exists; returns (values, created)."""
+    """Create the env file with fresh credentials unless it exists; returns (values, created).
+
+    An existing file made before MLflow had a sign-in gets one appended; nothing in it changes.
+    """
     path = Path(path)
     if path.exists():
         values = read(path)
         missing = [k for k in REQUIRED if not values.get(k)]
+        if missing and set(missing) <= set(SIGN_IN) and not any(k in values for k in SIGN_IN):
+            added = sign_in()
+            with open(path, "a") as out:
+                out.write("# Added for MLflow's sign-in (the auth app's admin account).\n" + _lines(added))
+            os.chmod(path, 0o600)
+            return {**values, **added}, False
         if missing:
             raise ValueError(
                 f"{path} exists but lacks {', '.join(missing)}; it was not changed. Add them by hand, "
@@ -59,14 +92,35 @@ def write(path: str | os.PathLike, address: str) -> tuple[dict[str, str], bool]:
             )
         return values, False
     values = generate(address)
-    body = "# Made by chi_helpers.credentials for this deployment. Keep it private; never commit it.\n"
-    body += "".join(f"{k}={v}\n" for k, v in values.items())
+    _create(path, "# Made by chi_helpers.credentials for this deployment. Keep it private; never commit it.\n"
+            + _lines(values))
+    return values, True
+
+
+def write_sign_in(path: str | os.PathLike) -> dict[str, str]:
+    """The MLflow sign-in alone, for a server without the rest of the stack (`stack up --auth`).
+
+    Kept when the file exists: the auth database holds the admin account it was first made with.
+    """
+    path = Path(path)
+    if path.exists():
+        values = read(path)
+        missing = [k for k in SIGN_IN if not values.get(k)]
+        if missing:
+            raise ValueError(f"{path} exists but lacks {', '.join(missing)}; it was not changed. "
+                             "Remove it and the auth database beside it to start over.")
+        return values
+    values = sign_in()
+    _create(path, "# MLflow's sign-in for this local server. Keep it private; never commit it.\n" + _lines(values))
+    return values
+
+
+def _create(path: Path, body: str) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     # O_EXCL: never write over a file that appeared meanwhile; 0600 from the first byte.
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(body)
-    return values, True
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,8 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         if args.action == "write":
-            _, created = write(args.path, args.address)
-            print(f"{'wrote new' if created else 'kept the existing'} credentials in {args.path} (mode 600)")
+            before = read(args.path) if Path(args.path).exists() else {}
+            values, created = write(args.path, args.address)
+            if created:
+                print(f"wrote new credentials in {args.path} (mode 600)")
+            elif set(values) - set(before):
+                print(f"kept the existing credentials in {args.path} and added MLflow's sign-in (mode 600)")
+            else:
+                print(f"kept the existing credentials in {args.path} (mode 600)")
+            # The name only: the password stays in the file.
+            print(f"MLflow sign-in: user {values['MLFLOW_TRACKING_USERNAME']}, "
+                  f"password in {args.path} (MLFLOW_TRACKING_PASSWORD)")
         else:
             values = read(args.path)
             print(f"object store console user:     {values['MINIO_ROOT_USER']}")

@@ -16,7 +16,8 @@ def test_write_makes_random_private_credentials(tmp_path):
     other, _ = credentials.write(tmp_path / "b.env", "129.114.1.2")
     assert created
     assert set(credentials.REQUIRED) <= set(values)
-    for key in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER", "POSTGRES_USER"):
+    for key in ("POSTGRES_PASSWORD", "MINIO_ROOT_PASSWORD", "MINIO_ROOT_USER", "POSTGRES_USER", "MLFLOW_TRACKING_PASSWORD",
+                "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         assert values[key] != other[key], f"{key} is the same in two deployments"
     assert len(values["POSTGRES_PASSWORD"]) >= 24
     assert stat.S_IMODE((tmp_path / "a.env").stat().st_mode) == 0o600
@@ -48,3 +49,42 @@ def test_standalone_as_on_the_node(tmp_path):
     assert "kept the existing" in run("write", str(tmp_path / "s.env")).stdout
     console = run("show-console", str(tmp_path / "s.env"))
     assert credentials.read(tmp_path / "s.env")["MINIO_ROOT_PASSWORD"] in console.stdout
+
+
+def test_a_file_from_before_the_sign_in_gets_one_added_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "stack.env"
+    old = {k: v for k, v in credentials.generate("10.0.0.1").items() if k not in credentials.SIGN_IN}
+    path.write_text("".join(f"{k}={v}\n" for k, v in old.items()))
+    before = path.read_text()
+    values, created = credentials.write(path, "10.0.0.1")
+    assert not created and path.read_text().startswith(before)
+    assert {k: values[k] for k in old} == old and credentials.read(path) == values
+    assert values["MLFLOW_TRACKING_USERNAME"] == "admin" and len(values["MLFLOW_TRACKING_PASSWORD"]) >= 24
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert credentials.write(path, "10.0.0.1") == (values, False)  # and only once
+
+
+def test_a_half_written_sign_in_is_reported_not_replaced(tmp_path):
+    path = tmp_path / "stack.env"
+    values = credentials.generate("10.0.0.1")
+    del values["MLFLOW_TRACKING_PASSWORD"]
+    path.write_text("".join(f"{k}={v}\n" for k, v in values.items()))
+    before = path.read_text()
+    with pytest.raises(ValueError, match="lacks MLFLOW_TRACKING_PASSWORD"):
+        credentials.write(path, "10.0.0.1")
+    assert path.read_text() == before
+
+
+def test_the_write_command_names_the_user_never_the_password(tmp_path):
+    done = subprocess.run([sys.executable, "-I", credentials.__file__, "write", str(tmp_path / "s.env")],
+                          capture_output=True, text=True)
+    values = credentials.read(tmp_path / "s.env")
+    assert "MLflow sign-in: user admin" in done.stdout and str(tmp_path / "s.env") in done.stdout
+    assert values["MLFLOW_TRACKING_PASSWORD"] not in done.stdout + done.stderr
+
+
+def test_the_sign_in_alone_is_made_once_and_kept(tmp_path):
+    path = tmp_path / "auth.env"
+    first = credentials.write_sign_in(path)
+    assert set(first) == set(credentials.SIGN_IN) and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert credentials.write_sign_in(path) == first

@@ -13,6 +13,7 @@ ENV_FILE = "~/mlflow-stack.env"  # the generated credentials; never leaves the n
 TRACKING = f"docker compose --env-file {ENV_FILE} -f {REMOTE_REPO}/docker/compose-tracking.yaml"
 DATA = f"docker compose -f {REMOTE_REPO}/docker/compose-data.yaml"
 CONTAINER_SERIES = "/home/jovyan/work"  # where the Jupyter container sees REMOTE_REPO
+SIGN_IN_LINES = "^MLFLOW_TRACKING_(USERNAME|PASSWORD)="  # the env file's lines the MLflow client signs in with
 
 
 def data_commands() -> list[str]:
@@ -43,6 +44,8 @@ def jupyter_run_command(profile: Variant, address: str) -> str:
         # history, so MLflow records the commit of the code each run ran.
         f"-v {REMOTE_REPO}:{CONTAINER_SERIES} -v food11:/mnt -e PYTHONPATH={CONTAINER_SERIES} "
         f"-e MLFLOW_TRACKING_URI=http://{address}:8000/ -e FOOD11_DATA_DIR=/mnt/Food-11 "
+        # MLflow's sign-in, the two lines of the env file the client reads, and none of the others.
+        f"--env-file <(grep -E '{SIGN_IN_LINES}' {ENV_FILE}) "
         "jupyter-mlflow"
     )
 

@@ -5,6 +5,10 @@ served through the server (`--serve-artifacts`) the way the node's stack serves 
 object store. The backend store and artifact destination are options, so the same command runs
 the node's topology (PostgreSQL and an S3 endpoint) when given those URIs.
 
+Open by default: it listens on 127.0.0.1 only. With `auth` it runs MLflow's auth app, as the
+node's stack does: the admin account from an env file (`mlflow-auth.env` in the state dir unless
+given), accounts in `auth.db` beside it, and no permission for users added later.
+
 What is running is recorded in `<state dir>/stack.json`; the server's output goes to
 `<state dir>/mlflow-server.log`. `down` stops the server and every process it started, and
 keeps the data.
@@ -19,12 +23,19 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from chi_helpers import credentials
 from chi_helpers.local import object_store as local_object_store
 from chi_helpers.local import processes
 from chi_helpers.progress import Clock
 
 STATE_FILE = "stack.json"
 LOG_FILE = "mlflow-server.log"
+AUTH_ENV_FILE = "mlflow-auth.env"
+AUTH_CONFIG = """[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///{database}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+"""
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
@@ -46,6 +57,7 @@ class Stack:
     log: str
     started_at: float
     env: dict = field(default_factory=dict)  # extra environment the server was given (secrets left out)
+    auth_file: str = ""  # with the auth app: the env file holding its admin account
 
     @property
     def health_url(self) -> str:
@@ -73,9 +85,11 @@ def _write_state(state_dir: Path, stack: Stack) -> None:
     tmp.replace(path)
 
 
-def server_command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 1) -> list[str]:
+def server_command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 1,
+                   auth: bool = False) -> list[str]:
     return [
         sys.executable, "-m", "mlflow", "server",
+        *(["--app-name", "basic-auth"] if auth else []),
         "--host", host,
         "--port", str(port),
         "--workers", str(workers),
@@ -95,13 +109,16 @@ def up(
     timeout: float = 120.0,
     clock: Clock | None = None,
     object_store: bool = False,
+    auth: bool = False,
+    auth_file: str | os.PathLike | None = None,
 ) -> Stack:
     """Start the MLflow server in the background and wait until /health answers.
 
     Reuses the server already recorded in `state_dir` when it is healthy. `env` adds variables
     to the server's environment. `object_store` starts (or reuses) a local S3 endpoint and keeps
     the artifacts in its bucket, as the node's stack keeps them in MinIO. A `postgresql://`
-    backend's database is made when it does not exist yet.
+    backend's database is made when it does not exist yet. `auth` (or an `auth_file`) runs the
+    auth app; the sign-in is read from `auth_file`, made there when missing.
     """
     state_dir = Path(state_dir).resolve()
     clock = clock or Clock()
@@ -111,9 +128,18 @@ def up(
         store = local_object_store.up(state_dir, clock=clock)
         env = {**store.client_env(), **(env or {})}
         artifacts_destination = artifacts_destination or f"s3://{store.bucket}/"
+    auth = auth or auth_file is not None
+    if auth:
+        auth_file = Path(auth_file or state_dir / AUTH_ENV_FILE).resolve()
     current = read_state(state_dir)
     if current is not None:
         if current.is_healthy():
+            if bool(current.auth_file) != auth:
+                raise StackError(
+                    f"The MLflow server at {current.url} runs {'with' if current.auth_file else 'without'} sign-in; "
+                    f"stop it first (`python -m chi_helpers stack down --state-dir {state_dir}`) to start it "
+                    f"{'with' if auth else 'without'}."
+                )
             clock.say(f"MLflow server already running at {current.url} (pid {current.pid}): reusing it")
             return current
         # Recorded but gone (machine restarted, process killed): clear what is left and start anew.
@@ -141,8 +167,9 @@ def up(
         # The series uses no server-side jobs; without them the server starts in half the time.
         "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
         **(env or {}),
+        **(_auth_env(state_dir, auth_file) if auth else {}),
     }
-    command = server_command(host, port, backend_store_uri, artifacts_destination)
+    command = server_command(host, port, backend_store_uri, artifacts_destination, auth=auth)
     clock.say(f"starting MLflow server on {host}:{port} (log: {log})")
     proc = processes.start_background(command, log, env=server_env)
     stack = Stack(
@@ -155,6 +182,7 @@ def up(
         log=str(log),
         started_at=time.time(),
         env={k: v for k, v in (env or {}).items() if "SECRET" not in k and "PASSWORD" not in k and "KEY_ID" not in k},
+        auth_file=str(auth_file) if auth else "",
     )
     # Recorded before it is ready, so `down` can stop a server that hangs while starting.
     _write_state(state_dir, stack)
@@ -171,7 +199,24 @@ def up(
             next_note = clock.elapsed() + 5
         time.sleep(0.25)
     clock.say(f"MLflow server ready at {stack.url}")
+    if auth:
+        # The user name only: the password stays in the file.
+        clock.say(f"sign in as {credentials.read(auth_file)['MLFLOW_TRACKING_USERNAME']}; "
+                  f"the password is MLFLOW_TRACKING_PASSWORD in {auth_file}")
     return stack
+
+
+def _auth_env(state_dir: Path, auth_file: Path) -> dict[str, str]:
+    """The auth app's configuration: its own file in the state dir, the admin account from `auth_file`."""
+    values = credentials.write_sign_in(auth_file)
+    config = state_dir / "auth.ini"
+    config.write_text(AUTH_CONFIG.format(database=state_dir / "auth.db"))
+    return {
+        "MLFLOW_AUTH_CONFIG_PATH": str(config),
+        "MLFLOW_AUTH_ADMIN_USERNAME": values["MLFLOW_TRACKING_USERNAME"],
+        "MLFLOW_AUTH_ADMIN_PASSWORD": values["MLFLOW_TRACKING_PASSWORD"],
+        "MLFLOW_FLASK_SERVER_SECRET_KEY": values["MLFLOW_FLASK_SERVER_SECRET_KEY"],
+    }
 
 
 def _give_up(state_dir: Path, stack: Stack, reason: str) -> None:

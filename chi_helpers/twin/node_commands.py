@@ -903,6 +903,12 @@ def _published(service: dict) -> list[str]:
     return shown
 
 
+def _signs_in(services: dict) -> bool:
+    command = (services.get("mlflow") or {}).get("command") or []
+    words = command if isinstance(command, list) else str(command).split()
+    return "--app-name=basic-auth" in words or " ".join(words).find("--app-name basic-auth") >= 0
+
+
 def _mlflow_port(spec: dict) -> int:
     services = spec.get("services") or {}
     for name, service in services.items():
@@ -993,6 +999,8 @@ def tracking_stack(shell: Shell, match: re.Match) -> int:
         local_stack.up(shell.node.stack_dir, host=shell.node.address, port=_mlflow_port(spec),
                        env={"MLFLOW_SERVER_ALLOWED_HOSTS": values.get("MLFLOW_ALLOWED_HOSTS", ""),
                             "MLFLOW_DISABLE_TELEMETRY": "true"},
+                       # The auth app when the Compose file runs it, with the env file's admin account.
+                       auth_file=env_file if _signs_in(services) else None,
                        clock=_quiet_clock())
     except local_stack.StackError as error:
         shell.warn(f"Error response from daemon: the twin's MLflow server did not start for {project}: {error}")
@@ -1023,9 +1031,24 @@ def _age(seconds: float) -> str:
 # --- the Jupyter container ---------------------------------------------------------------------------
 
 def _shell_words(shell: Shell, text: str) -> list[str]:
-    """bash's words for `text`: `$(getent group X | cut -d: -f3)` replaced by X's id, quotes removed, ~ expanded."""
+    """bash's words for `text`: `$(getent group X | cut -d: -f3)` replaced by X's id, `<(grep -E 'RE' FILE)` by
+    a file of FILE's matching lines (bash's /dev/fd/N), quotes removed, ~ expanded."""
     text = re.sub(r"\$\(getent group (\w+) \| cut -d: -f3\)", lambda m: GROUP_IDS.get(m[1], ""), text)
+    text = re.sub(r"<\(grep -E '(?P<pattern>[^']*)' (?P<file>\S+)\)", lambda m: _grep_substitution(shell, m), text)
     return [shell.expand(word) for word in shlex.split(text)]
+
+
+def _grep_substitution(shell: Shell, match: re.Match) -> str:
+    source = shell.path(match["file"])
+    lines = [line for line in source.read_text().splitlines() if re.search(match["pattern"], line)] \
+        if source.is_file() else []
+    if not source.is_file():
+        shell.warn(f"grep: {shell.expand(match['file'])}: No such file or directory")
+    fd = shell.node.home / ".twin-fd" / secrets.token_hex(4)
+    fd.parent.mkdir(exist_ok=True)
+    fd.write_text("".join(line + "\n" for line in lines))
+    fd.chmod(0o600)
+    return str(fd)
 
 
 def _options(words: list[str], with_value: set[str], flags: set[str]) -> tuple[list[tuple[str, str | None]], list[str]]:
@@ -1051,7 +1074,7 @@ def _options(words: list[str], with_value: set[str], flags: set[str]) -> tuple[l
 
 
 RUN_WITH_VALUE = {"--name", "-p", "--publish", "--shm-size", "--gpus", "--device", "--group-add", "-v", "--volume", "-e",
-                  "--env", "-w", "--workdir", "--network", "-u", "--user", "--hostname", "-h", "--ipc"}
+                  "--env", "--env-file", "-w", "--workdir", "--network", "-u", "--user", "--hostname", "-h", "--ipc"}
 RUN_FLAGS = {"-d", "--detach", "--rm", "-i", "--interactive", "-t", "--tty", "-it", "-ti", "--init"}
 EXEC_WITH_VALUE = {"-w", "--workdir", "-e", "--env", "-u", "--user"}
 EXEC_FLAGS = {"-i", "--interactive", "-t", "--tty", "-it", "-ti", "-d", "--detach"}
@@ -1134,6 +1157,12 @@ def docker_run(shell: Shell, match: re.Match) -> int:
         elif option in ("-e", "--env"):
             key, _, value_ = value.partition("=")
             env[key] = value_
+        elif option == "--env-file":
+            env_file = Path(value)
+            if not env_file.is_file():
+                shell.warn(f"docker: open {value}: no such file or directory.\nSee 'docker run --help'.")
+                return 125
+            env.update(_env_values(env_file))
     ident = secrets.token_hex(32)
     containers[name] = {"name": name, "id": ident, "image": image, "mounts": mounts, "env": env,
                         "workdir": shell.state["images"][image.split(":")[0]]["workdir"], "published": published,

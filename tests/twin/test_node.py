@@ -7,6 +7,7 @@ with a bound floating IP and the twin's key pair into the world, and talks to `<
 from __future__ import annotations
 
 import ast
+import base64
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import threading
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -23,6 +25,7 @@ import paramiko
 import pytest
 from invoke.exceptions import UnexpectedExit
 
+from chi_helpers import credentials
 from chi_helpers.chameleon import node_setup, node_stack
 from chi_helpers.series import REPO_ROOT
 from chi_helpers.twin import node_commands
@@ -397,12 +400,25 @@ def test_data_job_then_the_tracking_stack_then_its_stop(node, tmp_path):
     counts = node.run(DATA_CHECK).stdout.split()
     assert counts == ["training", "44", "validation", "22", "evaluation", "22"]
 
+    said = ""
     for command in node_stack.tracking_up_commands(node.address):
         result = node.run(command)
+        said += result.stdout + result.stderr
     assert "mlflow-tracking-mlflow-1" in result.stdout and "Up" in result.stdout  # `ps`
     assert (node.home("mlflow-stack.env").stat().st_mode & 0o777) == 0o600
     with urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=10) as answer:
         assert answer.status == 200
+    # The Compose file runs MLflow's auth app: nothing without the env file's admin account.
+    values = credentials.read(node.home("mlflow-stack.env"))
+    search = f"http://{node.address}:8000/api/2.0/mlflow/experiments/search?max_results=1"
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        urllib.request.urlopen(search, timeout=10)
+    assert refused.value.code == 401
+    signed = urllib.request.Request(search, headers={"Authorization": "Basic " + base64.b64encode(
+        f"{values['MLFLOW_TRACKING_USERNAME']}:{values['MLFLOW_TRACKING_PASSWORD']}".encode()).decode()})
+    with urllib.request.urlopen(signed, timeout=10) as answer:
+        assert answer.status == 200
+    assert "MLflow sign-in: user admin" in said and values["MLFLOW_TRACKING_PASSWORD"] not in said
     console = node.run(node_stack.console_credentials_command()).stdout
     assert "object store console user:" in console and "password:" in console
 
@@ -460,6 +476,11 @@ def test_a_node_side_notebook_runs_in_the_jupyter_container(node, tmp_path, monk
     assert f"http://{node.address}:8000/" in shown  # the container's MLFLOW_TRACKING_URI
     from mlflow import MlflowClient
 
+    # The container signed in with the env file's two MLflow lines; the password shows nowhere.
+    values = credentials.read(node.home("mlflow-stack.env"))
+    assert values["MLFLOW_TRACKING_PASSWORD"] not in shown + streamed.out + streamed.err
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", values["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", values["MLFLOW_TRACKING_PASSWORD"])
     client = MlflowClient(f"http://{node.address}:8000")
     runs = client.search_runs([client.get_experiment_by_name("food11-classifier").experiment_id])
     assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]
