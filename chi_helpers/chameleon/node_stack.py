@@ -13,7 +13,8 @@ ENV_FILE = "~/mlflow-stack.env"  # the generated credentials; never leaves the n
 TRACKING = f"docker compose --env-file {ENV_FILE} -f {REMOTE_REPO}/docker/compose-tracking.yaml"
 DATA = f"docker compose -f {REMOTE_REPO}/docker/compose-data.yaml"
 CONTAINER_SERIES = "/home/jovyan/work"  # where the Jupyter container sees REMOTE_REPO
-SIGN_IN_LINES = "^MLFLOW_TRACKING_(USERNAME|PASSWORD)="  # the env file's lines the MLflow client signs in with
+SIGN_IN_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")  # what the MLflow client signs in with
+SIGN_IN_LINES = "^MLFLOW_TRACKING_(USERNAME|PASSWORD)="  # those two lines of the env file
 
 
 def data_commands() -> list[str]:
@@ -33,6 +34,11 @@ def console_credentials_command() -> str:
     return f"python3 {REMOTE_REPO}/chi_helpers/credentials.py show-console {ENV_FILE}"
 
 
+def sign_in_command() -> str:
+    """Prints MLflow's sign-in (user and password): run it with its output hidden, or in a terminal."""
+    return f"grep -E '{SIGN_IN_LINES}' {ENV_FILE}"
+
+
 def jupyter_run_command(profile: Variant, address: str) -> str:
     # Safe to run again (a rerun of notebook 04): a container of that name already running is kept,
     # where a second `docker run --name jupyter` would fail with "name already in use".
@@ -45,7 +51,7 @@ def jupyter_run_command(profile: Variant, address: str) -> str:
         f"-v {REMOTE_REPO}:{CONTAINER_SERIES} -v food11:/mnt -e PYTHONPATH={CONTAINER_SERIES} "
         f"-e MLFLOW_TRACKING_URI=http://{address}:8000/ -e FOOD11_DATA_DIR=/mnt/Food-11 "
         # MLflow's sign-in, the two lines of the env file the client reads, and none of the others.
-        f"--env-file <(grep -E '{SIGN_IN_LINES}' {ENV_FILE}) "
+        f"--env-file <({sign_in_command()}) "
         "jupyter-mlflow"
     )
 

@@ -123,6 +123,14 @@ def connect(user: str):
     return server
 
 
+def read_sign_in(node) -> dict[str, str]:
+    """MLflow's sign-in from the node's env file, read with the output hidden: it goes into no log."""
+    with node.ssh_connection() as connection:
+        lines = connection.run(node_stack.sign_in_command(), hide=True, in_stream=False).stdout
+    return {key: value for key, _, value in (line.partition("=") for line in lines.split())
+            if key in node_stack.SIGN_IN_KEYS}
+
+
 def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, project: str, site: str, user: str,
                   rc_file: str = "", repo: str = "", ref: str = "main", output_dir: str | os.PathLike | None = None,
                   lease_timeout: float = 3600, mlflow_port: int = 8000, end_lease: bool = False) -> dict:
@@ -170,9 +178,12 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
             elif entry.source.startswith("04_"):
                 node = connect(user)
                 url = f"http://{node.get_floating_ip()}:{mlflow_port}"
+                os.environ.update(read_sign_in(node))
                 client = MlflowClient(url)
             elif entry.source.startswith("07_"):
                 client = None  # the release notebook deletes the server: nothing left to ask
+                for key in node_stack.SIGN_IN_KEYS:
+                    os.environ.pop(key, None)
         except (reservation.ReservationError, node_server.ServerError) as error:
             result.status, result.error = "failed", str(error)
         except Exception as error:  # Keystone, Blazar, Nova, SSH: say which step, and what to do

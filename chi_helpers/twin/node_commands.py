@@ -735,6 +735,19 @@ def tail(shell: Shell, match: re.Match) -> int:
     return _tail(shell, match["path"], int(match["lines"]))
 
 
+@answers("grep", rf"grep -E '(?P<pattern>[^']*)' (?P<path>{WORD})")
+def grep(shell: Shell, match: re.Match) -> int:
+    """grep's exit status: 0 when a line matched, 1 when none did, 2 when the file is missing."""
+    path = shell.path(match["path"])
+    if not path.is_file():
+        shell.warn(f"grep: {shell.expand(match['path'])}: No such file or directory")
+        return 2
+    lines = [line for line in path.read_text(errors="replace").splitlines() if re.search(match["pattern"], line)]
+    if lines:
+        shell.say("\n".join(lines))
+    return 0 if lines else 1
+
+
 # --- the data ----------------------------------------------------------------------------------------
 
 @answers("docker volume create", r"docker volume create (?P<volume>[\w.-]+)")

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from chi_helpers import credentials
 from chi_helpers.twin import guard
 
 REPO = Path(__file__).resolve().parents[2]
@@ -69,6 +70,17 @@ def test_the_readme_rehearsal_runs_twice_and_releases(twin_daemon, tmp_path):
     assert any(nb["runs"] for nb in report["notebooks"] if nb["name"].startswith("05"))  # runs on the node's MLflow
     for name in ("05_track_pytorch.ipynb", "06_lightning.ipynb", "07_registry.ipynb"):
         assert (tmp_path / "first" / name).stat().st_size > 0  # came back over SSH
+    # The node's MLflow asked for a sign-in all along (the report's runs were read signed in), and its
+    # password shows in no notebook output, report or log line.
+    env_files = list(Path(state).rglob("mlflow-stack.env"))
+    assert len(env_files) == 1, env_files
+    password = credentials.read(env_files[0])["MLFLOW_TRACKING_PASSWORD"]
+    assert password not in first.stdout + first.stderr
+    for path in (tmp_path / "first").rglob("*"):
+        if path.is_file():
+            assert password not in path.read_text(errors="replace"), path
+    for path in Path(state).rglob("*.log"):
+        assert password not in path.read_text(errors="replace"), path
 
     second = chameleon_run(state, rc_file, tmp_path / "second")
     assert second.returncode == 0, second.stdout[-4000:]

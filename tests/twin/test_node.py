@@ -147,6 +147,7 @@ def helper_commands() -> list[tuple[str, str]]:
     expected += [(c, a) for c, a in zip(node_stack.tracking_up_commands(address),
                                         ["credentials.py", "the tracking stack", "the tracking stack"])]
     expected.append((node_stack.console_credentials_command(), "credentials.py"))
+    expected.append((node_stack.sign_in_command(), "grep"))
     expected.append((node_stack.jupyter_url_command(), "docker exec"))
     expected += [(c, a) for c, a in zip(node_stack.stop_commands(), ["docker stop", "the tracking stack"])]
     literal_answers = {"tail": "tail", "docker run --rm -v food11": "count the photos in the volume"}
