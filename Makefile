@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WHEELHOUSE := $(VENV)/wheelhouse
 
-.PHONY: install run test bench build check stack-up stack-down clean
+.PHONY: install run test bench build check stack-up stack-down engine engine-down clean
 
 install: $(STAMP)
 
@@ -41,6 +41,14 @@ stack-up: $(STAMP)
 
 stack-down: $(STAMP)
 	$(PY) -m chi_helpers stack down
+
+# A Docker engine for the container tests (`make test` runs them whenever one answers): installs what is
+# missing (Debian, as root), starts dockerd, makes the base image. An engine already running is used as is.
+engine: $(STAMP)
+	$(PY) -m chi_helpers engine up
+
+engine-down: $(STAMP)
+	$(PY) -m chi_helpers engine down
 
 # Removes what the local target made (data, stack, outputs) and the virtual environment.
 clean:

@@ -162,6 +162,28 @@ def cmd_twin(args) -> int:
     return 0
 
 
+def cmd_engine(args) -> int:
+    import subprocess
+
+    from chi_helpers.containers import base_image, engine
+
+    if args.action == "up":
+        engine.install()
+        engine.start(args.state_dir)
+        print(f"Compose {engine.compose_version()}")
+        base_image.make()
+    elif args.action == "down":
+        if engine.answers():
+            # Rebuilt images leave their old layers untagged; the tagged ones stay for the next run.
+            subprocess.run(["docker", "image", "prune", "-f"], capture_output=True)
+        engine.stop(args.state_dir)
+    else:
+        version = engine.answers()
+        print(f"Docker engine {version}, Compose {engine.compose_version()}" if version else "no Docker engine answers")
+        return 0 if version else 3
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chi_helpers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -238,6 +260,11 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--rc-file", help="an OpenStack RC file with your credentials (default: the OS_* environment)")
     release.add_argument("--keep-stack", action="store_true", help="do not try to stop the containers first")
     release.set_defaults(func=cmd_release)
+    engine = sub.add_parser("engine", help="a Docker engine for the container tests: up (install what is missing, "
+                            "start dockerd, make the base image), down (stop what up started), status")
+    engine.add_argument("action", choices=["up", "down", "status"])
+    engine.add_argument("--state-dir", type=Path, default=DEFAULT_WORKDIR / "engine")
+    engine.set_defaults(func=cmd_engine)
     twin = sub.add_parser("twin", help="a twin of Chameleon's services on this machine, to rehearse the chameleon target")
     twin.add_argument("action", choices=["up", "status", "down", "fault"])
     twin.add_argument("fault", nargs="?", help="with `fault`: lease-error, server-error, host-taken, keystone-refuses, ssh-drops")

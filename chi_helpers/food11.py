@@ -229,11 +229,23 @@ def fetch(
     return counts
 
 
+def _counts(text: str) -> dict[str, int]:
+    try:
+        counts = {split: int(n) for split, _, n in (part.partition("=") for part in text.split(","))}
+    except ValueError:
+        counts = {}
+    if sorted(counts) != sorted(SPLITS):
+        raise argparse.ArgumentTypeError(f"name each of {', '.join(SPLITS)} once with a count, got {text!r}")
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m chi_helpers.food11", description=__doc__.splitlines()[0])
     parser.add_argument("action", choices=["organize", "verify", "fetch"])
     parser.add_argument("root", help="the Food-11 folder (holds training/, validation/, evaluation/)")
-    parser.add_argument("--url", default=DOWNLOAD_URL, help="where fetch downloads the archive from")
+    parser.add_argument("--url", default=DOWNLOAD_URL, help="where fetch downloads the archive from (file:// for a local copy)")
+    parser.add_argument("--expect", type=_counts, default=SPLITS, metavar="training=N,validation=N,evaluation=N",
+                        help="fetch: the photos per split that make the set complete (default: the real data set's)")
     args = parser.parse_args(argv)
     try:
         if args.action == "organize":
@@ -241,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             print("moved " + ", ".join(f"{n} {s} photos" for s, n in moved.items()))
             counts = verify(args.root)
         elif args.action == "fetch":
-            counts = fetch(args.root, args.url)
+            counts = fetch(args.root, args.url, args.expect)
         else:
             counts = verify(args.root)
     except DataLayoutError as error:

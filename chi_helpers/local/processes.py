@@ -46,6 +46,10 @@ def tail(path: str | os.PathLike, lines: int = 20) -> str:
     return "\n".join(text[-lines:]) or f"({path} is empty)"
 
 
+def tail_text(text: str, lines: int = 20) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
 def is_running(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE

@@ -1,0 +1,125 @@
+"""`docker compose` for the node's stack, with a line per step and a failure that names its service.
+
+Compose's own progress, in plain mode, is already one line per step ("Container x  Started",
+"#5 [2/3] RUN pip install ..."); each is passed on with the elapsed time in front. When `up` or
+`build` fails, the services that did not end as they should are named, each with the end of its log.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from chi_helpers.progress import Clock
+
+REPO = Path(__file__).resolve().parents[2]
+TRACKING_FILE = REPO / "docker" / "compose-tracking.yaml"
+DATA_FILE = REPO / "docker" / "compose-data.yaml"
+CI_OVERRIDE = REPO / "docker" / "ci" / "compose-ci.yaml"
+
+
+class ComposeError(RuntimeError):
+    """`docker compose` failed; the message names the services and shows the end of their logs."""
+
+
+@dataclass
+class Project:
+    """One Compose project: its name, files and env file, as `docker compose -p NAME -f ... --env-file ...`."""
+
+    name: str
+    files: list[Path]
+    env_file: Path | None = None
+    clock: Clock = field(default_factory=Clock)
+
+    def command(self, *arguments: str) -> list[str]:
+        command = ["docker", "compose", "--ansi", "never", "--progress", "plain", "-p", self.name]
+        if self.env_file:
+            command += ["--env-file", str(self.env_file)]
+        for file in self.files:
+            command += ["-f", str(file)]
+        return [*command, *arguments]
+
+    def run(self, *arguments: str, timeout: float = 900, show: bool = True) -> tuple[int, str]:
+        """Run a compose command, each output line said with the elapsed time; (exit status, output)."""
+        proc = subprocess.Popen(self.command(*arguments), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        lines = []
+        try:
+            for line in proc.stdout:
+                lines.append(line.rstrip("\n"))
+                if show and line.strip():
+                    self.clock.say(f"{self.name}: {line.rstrip()}")
+            status = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            status = 124
+        return status, "\n".join(lines)
+
+    def capture(self, *arguments: str, timeout: float = 120) -> str:
+        done = subprocess.run(self.command(*arguments), capture_output=True, text=True, timeout=timeout)
+        if done.returncode != 0:
+            raise ComposeError(f"docker compose {' '.join(arguments)} failed: {done.stderr.strip()}")
+        return done.stdout
+
+    def containers(self) -> list[dict]:
+        """`ps -a` as data: one dict per container (Service, State, Health, ExitCode, Publishers ...)."""
+        text = self.capture("ps", "-a", "--format", "json").strip()
+        if not text:
+            return []
+        # Compose 2.21+ prints one JSON object per line; older ones a JSON list.
+        return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines()]
+
+    def failing(self) -> list[dict]:
+        """Containers not as they should be: exited with an error, unhealthy, or still starting."""
+        bad = []
+        for container in self.containers():
+            state, health = container.get("State"), container.get("Health", "")
+            if state == "exited" and container.get("ExitCode", 0) != 0:
+                bad.append(container)
+            elif state not in ("running", "exited") or health in ("unhealthy", "starting"):
+                bad.append(container)
+        return bad
+
+    def explain(self, what: str, output: str) -> ComposeError:
+        parts = [f"docker compose {what} failed for project {self.name}."]
+        failing = self.failing()
+        for container in failing:
+            service = container["Service"]
+            state = container.get("State")
+            detail = f"exit code {container.get('ExitCode')}" if state == "exited" else container.get("Health") or state
+            log = subprocess.run(self.command("logs", "--no-color", "--tail", "30", service),
+                                 capture_output=True, text=True, timeout=60).stdout.rstrip()
+            parts.append(f"service {service} is {state} ({detail}); the end of its log:\n{log or '(empty)'}")
+        if not failing:
+            parts.append("Compose said:\n" + "\n".join(output.splitlines()[-30:]))
+        return ComposeError("\n\n".join(parts))
+
+    def build(self, *build_args: str) -> None:
+        """Build every service that has a `build:` section (cached steps cost nothing)."""
+        self.clock.say(f"{self.name}: building images ...")
+        arguments = [a for value in build_args for a in ("--build-arg", value)]
+        status, output = self.run("build", *arguments)
+        if status != 0:
+            raise self.explain("build", output)
+        self.clock.say(f"{self.name}: images built")
+
+    def up(self, timeout: float = 300) -> None:
+        """`up -d --wait`: every service running and healthy, the one-shot ones done."""
+        self.clock.say(f"{self.name}: up --wait ...")
+        status, output = self.run("up", "-d", "--wait", "--wait-timeout", str(int(timeout)), timeout=timeout + 60)
+        if status != 0:
+            raise self.explain("up", output)
+        self.clock.say(f"{self.name}: every service is up")
+
+    def down(self, volumes: bool = False) -> None:
+        self.clock.say(f"{self.name}: down{' (and its volumes)' if volumes else ''} ...")
+        status, output = self.run("down", "--remove-orphans", *(["--volumes"] if volumes else []), timeout=180)
+        if status != 0:
+            raise self.explain("down", output)
+
+
+def port_taken_by(port: int) -> str | None:
+    """What listens on the port on any address, as `ss` names it, or None."""
+    done = subprocess.run(["ss", "-Hltnp", f"sport = :{port}"], capture_output=True, text=True)
+    return done.stdout.strip() or None
