@@ -208,3 +208,20 @@ def test_tracking_commands_use_the_env_file():
     assert up[0].endswith("credentials.py write ~/mlflow-stack.env --address 129.114.1.2")
     assert all("--env-file ~/mlflow-stack.env" in c for c in up[1:])
     assert "--env-file ~/mlflow-stack.env" in node_stack.stop_commands()[1]
+
+
+def test_the_ci_override_swaps_images_and_nothing_else():
+    """CI runs the production file with docker/ci/compose-ci.yaml on top: only `image` (and how to
+    build the stand-in) may differ, so what CI checks is what the node runs."""
+    override = load("ci/compose-ci.yaml")
+    assert set(override) == {"services"}
+    assert set(override["services"]) == {"minio", "minio-create-bucket", "postgres"}
+    for name, service in override["services"].items():
+        assert set(service) <= {"image", "build"}, f"{name} overrides {set(service) - {'image', 'build'}}"
+        assert service["image"].startswith("mlflow-ci/") and service["image"] != TRACKING["services"][name]["image"]
+        if "build" in service:
+            assert (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).is_file()  # from docker/
+    # The stand-in Dockerfiles build on the base made here, as the production ones can.
+    for dockerfile in ("Dockerfile.s3", "Dockerfile.postgres"):
+        lines = [l for l in (DOCKER / "ci" / dockerfile).read_text().splitlines() if l and not l.startswith("#")]
+        assert lines[:2] == ["ARG BASE_IMAGE=mlflow-ci/python:bookworm", "FROM ${BASE_IMAGE}"]
