@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from chi_helpers.containers import base_image, engine
 from chi_helpers.local import stack as local_stack
 from chi_helpers.local import processes
 from chi_helpers.local import sample_data
@@ -58,6 +60,31 @@ def run_script(mlflow_server, data_dir, tmp_path):
         )
 
     return run
+
+
+# --- the node's Compose stack in real containers (tests/containers/), wherever an engine answers ----------
+# Without one every container test is skipped, and the summary says so in one line.
+
+@pytest.fixture(scope="session")
+def docker_engine(request):
+    version = engine.answers()
+    compose = engine.compose_version() if version else None
+    if not version or not compose:
+        why = "no Docker engine answers" if not version else "Compose v2 (`docker compose`) is missing"
+        request.config.container_tests_note = f"container tests: not run, {why} here (`make engine` sets one up)"
+        pytest.skip(why)
+    request.config.container_tests_note = f"container tests: ran against Docker engine {version} with Compose {compose}"
+    return version
+
+
+@pytest.fixture(scope="session")
+def ci_base(docker_engine) -> str:
+    """What the images build on: the base made here (made now if it can be), else the production one,
+    for an engine that can pull it (a laptop)."""
+    if base_image.exists(base_image.BASE_IMAGE) or shutil.which("mmdebstrap"):
+        base_image.make()  # ~30 s when missing; `make engine` makes it ahead
+        return base_image.BASE_IMAGE
+    return base_image.PRODUCTION_BASE
 
 
 def pytest_terminal_summary(terminalreporter, config):

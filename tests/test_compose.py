@@ -225,3 +225,11 @@ def test_the_ci_override_swaps_images_and_nothing_else():
     for dockerfile in ("Dockerfile.s3", "Dockerfile.postgres"):
         lines = [l for l in (DOCKER / "ci" / dockerfile).read_text().splitlines() if l and not l.startswith("#")]
         assert lines[:2] == ["ARG BASE_IMAGE=mlflow-ci/python:bookworm", "FROM ${BASE_IMAGE}"]
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.jupyter-mlflow-cuda", "Dockerfile.jupyter-mlflow-rocm"])
+def test_jupyter_clients_take_artifacts_through_the_server(dockerfile):
+    """With S3 behind it, the server offers presigned URLs naming http://minio:9000, which a container
+    outside the Compose network cannot reach (tests/containers/ shows the download that needs this)."""
+    env = dict(re.findall(r"(MLFLOW_ENABLE_PROXY_MULTIPART_\w+)=(\S+)", (DOCKER / dockerfile).read_text()))
+    assert env == {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}

@@ -8,12 +8,14 @@ Compose's own progress, in plain mode, is already one line per step ("Container 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from chi_helpers.progress import Clock
 
+ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # Compose's logs clear lines even with --no-color
 REPO = Path(__file__).resolve().parents[2]
 TRACKING_FILE = REPO / "docker" / "compose-tracking.yaml"
 DATA_FILE = REPO / "docker" / "compose-data.yaml"
@@ -70,28 +72,32 @@ class Project:
         # Compose 2.21+ prints one JSON object per line; older ones a JSON list.
         return json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines()]
 
-    def failing(self) -> list[dict]:
-        """Containers not as they should be: exited with an error, unhealthy, or still starting."""
-        bad = []
+    def failing(self) -> tuple[list[dict], list[str]]:
+        """(containers that failed: exited with an error, restarting, unhealthy or dead;
+        services never started, waiting on those)."""
+        failed, waiting = [], []
         for container in self.containers():
             state, health = container.get("State"), container.get("Health", "")
-            if state == "exited" and container.get("ExitCode", 0) != 0:
-                bad.append(container)
-            elif state not in ("running", "exited") or health in ("unhealthy", "starting"):
-                bad.append(container)
-        return bad
+            if state == "exited" and container.get("ExitCode", 0) != 0 or state in ("restarting", "dead") \
+                    or health == "unhealthy":
+                failed.append(container)
+            elif state == "created" or health == "starting":
+                waiting.append(container["Service"])
+        return failed, waiting
 
     def explain(self, what: str, output: str) -> ComposeError:
         parts = [f"docker compose {what} failed for project {self.name}."]
-        failing = self.failing()
-        for container in failing:
-            service = container["Service"]
-            state = container.get("State")
-            detail = f"exit code {container.get('ExitCode')}" if state == "exited" else container.get("Health") or state
-            log = subprocess.run(self.command("logs", "--no-color", "--tail", "30", service),
-                                 capture_output=True, text=True, timeout=60).stdout.rstrip()
+        failed, waiting = self.failing()
+        for container in failed:
+            service, state = container["Service"], container.get("State")
+            detail = container.get("Health") if container.get("Health") == "unhealthy" else f"exit code {_exit_code(container)}"
+            log = subprocess.run(self.command("logs", "--no-color", "--no-log-prefix", "--tail", "30", service),
+                                 capture_output=True, text=True, timeout=60).stdout
+            log = ANSI.sub("", log).rstrip()
             parts.append(f"service {service} is {state} ({detail}); the end of its log:\n{log or '(empty)'}")
-        if not failing:
+        if waiting:
+            parts.append(f"not started or not ready yet: {', '.join(waiting)}")
+        if not failed:
             parts.append("Compose said:\n" + "\n".join(output.splitlines()[-30:]))
         return ComposeError("\n\n".join(parts))
 
@@ -117,6 +123,13 @@ class Project:
         status, output = self.run("down", "--remove-orphans", *(["--volumes"] if volumes else []), timeout=180)
         if status != 0:
             raise self.explain("down", output)
+
+
+def _exit_code(container: dict) -> str:
+    """The last exit code; `ps` says 0 for a container between restarts, `inspect` keeps the real one."""
+    done = subprocess.run(["docker", "inspect", "--format", "{{.State.ExitCode}}", container["Name"]],
+                          capture_output=True, text=True)
+    return done.stdout.strip() if done.returncode == 0 else str(container.get("ExitCode"))
 
 
 def port_taken_by(port: int) -> str | None:

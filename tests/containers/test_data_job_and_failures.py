@@ -78,7 +78,10 @@ def test_a_service_that_cannot_start_is_named_with_its_log(docker_engine, ci_bas
         with pytest.raises(compose.ComposeError) as error:
             project.up(timeout=120)
         message = str(error.value)
-        assert "service postgres is exited (exit code 3)" in message and "the disk is full" in message, message
+        # Compose restarts it (`restart: unless-stopped`); it is named, with why, and what waits on it.
+        assert "service postgres is restarting (exit code 3)" in message, message
+        assert "the end of its log:\nthe disk is full" in message and "\x1b" not in message, message
+        assert "not started or not ready yet: mlflow" in message, message
         assert credentials.read(env_file)["POSTGRES_PASSWORD"] not in message
     finally:
         project.down(volumes=True)

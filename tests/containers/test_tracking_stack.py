@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import os
+import re
 import subprocess
 import sys
 import urllib.error
@@ -56,10 +57,15 @@ def get(url: str, values: dict | None = None) -> int:
 
 @pytest.fixture
 def signed_in(stack, monkeypatch):
+    """A client as in the node's Jupyter container: signed in, with the image's own MLflow settings (its
+    presigned S3 URLs would name http://minio:9000, which a client off the Compose network cannot reach)."""
     project, values = stack
     monkeypatch.setenv("MLFLOW_TRACKING_URI", MLFLOW)
     for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
         monkeypatch.setenv(key, values[key])
+    dockerfile = (compose.REPO / "docker" / "Dockerfile.jupyter-mlflow-cuda").read_text()
+    for key, value in re.findall(r"(MLFLOW_ENABLE_PROXY_MULTIPART_\w+)=(\S+)", dockerfile):
+        monkeypatch.setenv(key, value)
     return project, values
 
 
@@ -90,8 +96,10 @@ def test_postgres_is_not_published_and_s3_only_on_loopback(stack):
                                 if p.get("PublishedPort")}
                  for c in project.containers()}
     assert published["postgres"] == set()
-    assert published["minio"] == {("127.0.0.1", 9000), ("0.0.0.0", 9001)}
-    assert published["mlflow"] == {("0.0.0.0", 8000)}
+    everywhere = lambda port: {("0.0.0.0", port), ("::", port)}  # the engine binds IPv6 too where it has it
+    assert {p for p in published["minio"] if p[1] == 9000} == {("127.0.0.1", 9000)}  # the S3 API: loopback only
+    assert ("0.0.0.0", 9001) in published["minio"] and published["minio"] - {("127.0.0.1", 9000)} <= everywhere(9001)
+    assert ("0.0.0.0", 8000) in published["mlflow"] and published["mlflow"] <= everywhere(8000)
     buckets = [b["Name"] for b in s3_client(values).list_buckets()["Buckets"]]
     assert buckets == ["mlflow-artifacts"]  # made by the one-shot service
 

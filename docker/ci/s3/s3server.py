@@ -15,11 +15,11 @@ empty, so a moto upgrade that breaks the pickle cannot silently overwrite the da
 Cost: a save re-reads and hashes every stored body (about 0.1 s per write with 100 MB stored) and
 holds them in memory while pickling; fine for CI's few artifacts, not for large stores.
 
-Credentials. As MinIO does, only MINIO_ROOT_USER / MINIO_ROOT_PASSWORD (default minioadmin /
-minioadmin) are accepted: they become a moto IAM user's access key with an s3:* policy, and moto's
-own SigV4 check (INITIAL_NO_AUTH_ACTION_COUNT=0) rejects other keys and bad signatures. Anonymous
-and presigned-URL requests are refused here (moto's IAM check cannot verify those), as are
-non-S3 services and moto's /moto-api (its reset would wipe the store).
+Credentials. Only MINIO_ROOT_USER's access key (default minioadmin) is accepted; other keys, anonymous
+and presigned-URL requests are refused, as are non-S3 services and moto's /moto-api (its reset would
+wipe the store). The signature itself is not checked: moto's own SigV4 check (its IAM auth) rejected
+valid requests from MLflow's boto3 (a ListObjectsV2 with an empty prefix and a `/` delimiter), so a
+client with the right key and a wrong secret gets in here, where real MinIO would refuse it.
 """
 
 import argparse
@@ -37,12 +37,9 @@ import uuid
 from xml.sax.saxutils import escape
 
 # moto reads these when it is imported.
-os.environ.setdefault("INITIAL_NO_AUTH_ACTION_COUNT", "0")  # check every request's signature
 os.environ.setdefault("S3_IGNORE_SUBDOMAIN_BUCKETNAME", "true")  # path-style only, as MinIO without MINIO_DOMAIN
 
 import moto  # noqa: E402
-from moto.core import DEFAULT_ACCOUNT_ID  # noqa: E402
-from moto.iam.models import iam_backends  # noqa: E402
 from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: E402
 from moto.s3.models import s3_backends  # noqa: E402
 from werkzeug.serving import WSGIRequestHandler, make_server  # noqa: E402
@@ -211,9 +208,10 @@ def _s3_error(start_response, status, code, message, path):
 class StandIn:
     """WSGI front of moto: health endpoints, request filtering, durable writes."""
 
-    def __init__(self, app, store):
+    def __init__(self, app, store, access_key):
         self.app = app
         self.store = store
+        self.access_key = access_key
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
@@ -237,6 +235,9 @@ class StandIn:
         if scope[-2] != "s3":
             return _s3_error(start_response, "400 Bad Request", "InvalidRequest",
                              f"Only the S3 API is served (got {scope[-2]!r})", path)
+        if scope[0] != self.access_key:
+            return _s3_error(start_response, "403 Forbidden", "InvalidAccessKeyId",
+                             "The Access Key Id you provided does not exist in our records.", path)
         if method not in MUTATING:
             return self.app(environ, start_response)
 
@@ -271,18 +272,6 @@ class QuietHealthHandler(WSGIRequestHandler):
         if getattr(self, "path", "").startswith("/minio/health/"):
             return
         super().log_request(code, size)
-
-
-def setup_root_credentials(user, password):
-    iam = iam_backends[DEFAULT_ACCOUNT_ID]["global"]
-    iam.create_user("us-east-1", "minio-root")
-    key = iam.create_access_key("minio-root")
-    iam.access_keys.pop(key.physical_resource_id, None)
-    key.access_key_id = user
-    key.secret_access_key = password
-    iam.access_keys[key.physical_resource_id] = key
-    policy = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]}
-    iam.put_user_policy("minio-root", "root", json.dumps(policy))
 
 
 def parse_address(address):
@@ -321,10 +310,9 @@ def main(argv):
     except Exception as exc:
         log(f"ERROR: cannot read the saved S3 state {store.state_path}: {exc!r}; refusing to start empty")
         return 1
-    setup_root_credentials(user, password)
 
     host, port = parse_address(args.address)
-    app = StandIn(DomainDispatcherApplication(create_backend_app), store)
+    app = StandIn(DomainDispatcherApplication(create_backend_app), store, user)
     httpd = make_server(host, port, app, threaded=True, request_handler=QuietHealthHandler)
     threading.Thread(target=store.saver_loop, name="saver", daemon=True).start()
 
@@ -353,7 +341,7 @@ def main(argv):
     log(f"API: {'  '.join(addresses)}")
     log(f"Data: {data_dir} (state in {store.dir}, {buckets} bucket(s) loaded)")
     log(f"Console: {console}")
-    log(f"Credentials: only MINIO_ROOT_USER={user} with MINIO_ROOT_PASSWORD")
+    log(f"Credentials: only the access key MINIO_ROOT_USER={user} (signatures not checked)")
 
     while not stop.wait(1.0):
         if not serving.is_alive():
