@@ -166,17 +166,18 @@ def cmd_engine(args) -> int:
     import subprocess
 
     from chi_helpers.containers import base_image, engine
+    from chi_helpers.progress import Clock
 
+    clock = Clock()
     if args.action == "up":
-        engine.install()
-        engine.start(args.state_dir)
-        print(f"Compose {engine.compose_version()}")
-        base_image.make()
+        engine.install(clock=clock)
+        engine.start(args.state_dir, clock=clock)
+        base_image.make(clock=clock)
     elif args.action == "down":
         if engine.answers():
             # Rebuilt images leave their old layers untagged; the tagged ones stay for the next run.
             subprocess.run(["docker", "image", "prune", "-f"], capture_output=True)
-        engine.stop(args.state_dir)
+        engine.stop(args.state_dir, clock=clock)
     else:
         version = engine.answers()
         print(f"Docker engine {version}, Compose {engine.compose_version()}" if version else "no Docker engine answers")
