@@ -742,10 +742,15 @@ def grep(shell: Shell, match: re.Match) -> int:
     if not path.is_file():
         shell.warn(f"grep: {shell.expand(match['path'])}: No such file or directory")
         return 2
-    lines = [line for line in path.read_text(errors="replace").splitlines() if re.search(match["pattern"], line)]
+    lines = _matching_lines(path, match["pattern"])
     if lines:
         shell.say("\n".join(lines))
     return 0 if lines else 1
+
+
+def _matching_lines(path: Path, pattern: str) -> list[str]:
+    """grep -E's lines (Python's regular expressions agree with ERE on the patterns the helpers send)."""
+    return [line for line in path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
 
 
 # --- the data ----------------------------------------------------------------------------------------
@@ -1053,8 +1058,7 @@ def _shell_words(shell: Shell, text: str) -> list[str]:
 
 def _grep_substitution(shell: Shell, match: re.Match) -> str:
     source = shell.path(match["file"])
-    lines = [line for line in source.read_text().splitlines() if re.search(match["pattern"], line)] \
-        if source.is_file() else []
+    lines = _matching_lines(source, match["pattern"]) if source.is_file() else []
     if not source.is_file():
         shell.warn(f"grep: {shell.expand(match['file'])}: No such file or directory")
     fd = shell.node.home / ".twin-fd" / secrets.token_hex(4)
