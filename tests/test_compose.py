@@ -63,6 +63,7 @@ def test_mlflow_asks_for_a_sign_in_with_the_generated_admin():
     config = (DOCKER / "mlflow-auth.ini").read_text()
     settings = dict(re.findall(r"^(\w+) = (.+)$", config, re.M))
     assert settings["default_permission"] == "NO_PERMISSIONS"
+    assert int(settings["auth_cache_ttl_seconds"]) > 0  # else a PBKDF2 check per request: 0.44 s each here
     assert settings["database_uri"] == "postgresql+psycopg://postgres:5432/mlflow_auth"
     assert not re.search(r"admin_password|://[^/]*@", config), "no secret in a committed file"
     init = TRACKING["services"]["postgres"]["volumes"]

@@ -35,7 +35,8 @@ AUTH_CONFIG = """[mlflow]
 default_permission = NO_PERMISSIONS
 database_uri = sqlite:///{database}
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
-"""
+auth_cache_ttl_seconds = 300
+"""  # the cache as in docker/mlflow-auth.ini, which says why
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 

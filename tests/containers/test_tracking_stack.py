@@ -13,6 +13,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
 
@@ -28,7 +29,7 @@ TRAINED: dict[str, str] = {}  # the training test's run, for the restart test af
 
 
 @pytest.fixture(scope="module")
-def stack(docker_engine, ci_base, tmp_path_factory):
+def stack(docker_engine, ci_base, tmp_path_factory, request):
     for port in (8000, 9000, 9001):
         taken = compose.port_taken_by(port)
         if taken:
@@ -37,8 +38,13 @@ def stack(docker_engine, ci_base, tmp_path_factory):
     credentials.write(env_file, "127.0.0.1")
     project = compose.Project(PROJECT, [compose.TRACKING_FILE, compose.CI_OVERRIDE], env_file)
     project.down(volumes=True)  # what an interrupted earlier run may have left
+    started = time.monotonic()
     project.build(f"BASE_IMAGE={ci_base}")
+    built = time.monotonic()
     project.up()
+    # Into the session's summary line: cold (images built) and warm (cached) runs tell apart by these.
+    request.config.container_tests_note += (f"; images built in {built - started:.0f} s, "
+                                            f"`up --wait` in {time.monotonic() - built:.0f} s")
     yield project, credentials.read(env_file)
     project.down(volumes=True)
 

@@ -21,7 +21,8 @@ def requirement_pins() -> dict[str, str]:
         line = line.split("#")[0].strip()
         if line:
             name = re.split(r"[=<>\[]", line, maxsplit=1)[0]
-            pins[name.lower()] = line
+            # Extras left out: the kernels need the client (MLflow's `auth` extra is for the server).
+            pins[name.lower()] = re.sub(r"\[[\w,]+\]", "", line)
     return pins
 
 
