@@ -43,7 +43,9 @@ stack-down: $(STAMP)
 	$(PY) -m chi_helpers stack down
 
 # A Docker engine for the container tests (`make test` runs them whenever one answers): installs what is
-# missing (Debian, as root), starts dockerd, makes the base image. An engine already running is used as is.
+# missing (Debian, as root), starts dockerd, makes the base image and builds the stack's images (the only
+# step that reaches the package registries: the tests' own builds find every step cached). An engine
+# already running is used as is.
 engine: $(STAMP)
 	$(PY) -m chi_helpers engine up
 

@@ -165,7 +165,7 @@ def cmd_twin(args) -> int:
 def cmd_engine(args) -> int:
     import subprocess
 
-    from chi_helpers.containers import base_image, engine
+    from chi_helpers.containers import base_image, compose, engine
     from chi_helpers.progress import Clock
 
     clock = Clock()
@@ -173,6 +173,7 @@ def cmd_engine(args) -> int:
         engine.install(clock=clock)
         engine.start(args.state_dir, clock=clock)
         base_image.make(clock=clock)
+        compose.build_ci_images(base_image.BASE_IMAGE, clock=clock)
     elif args.action == "down":
         if engine.answers():
             # Rebuilt images leave their old layers untagged; the tagged ones stay for the next run.
@@ -262,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--keep-stack", action="store_true", help="do not try to stop the containers first")
     release.set_defaults(func=cmd_release)
     engine = sub.add_parser("engine", help="a Docker engine for the container tests: up (install what is missing, "
-                            "start dockerd, make the base image), down (stop what up started), status")
+                            "start dockerd, make the base image, build the stack's images), down (stop what up "
+                            "started), status")
     engine.add_argument("action", choices=["up", "down", "status"])
     engine.add_argument("--state-dir", type=Path, default=DEFAULT_WORKDIR / "engine")
     engine.set_defaults(func=cmd_engine)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -123,6 +124,17 @@ class Project:
         status, output = self.run("down", "--remove-orphans", *(["--volumes"] if volumes else []), timeout=180)
         if status != 0:
             raise self.explain("down", output)
+
+
+def build_ci_images(base: str, clock: Clock | None = None) -> None:
+    """Build the node's stack images as the container tests run them (the CI override on top), so the
+    registries are reached while setting up, and the tests' own build finds every step cached."""
+    from chi_helpers import credentials
+
+    with tempfile.TemporaryDirectory(prefix="ci-images-") as scratch:
+        env_file = Path(scratch) / "stack.env"  # Compose interpolates the file's `${VAR:?}` even to build
+        credentials.write(env_file, "127.0.0.1")
+        Project("mlflow-ci-images", [TRACKING_FILE, CI_OVERRIDE], env_file, clock or Clock()).build(f"BASE_IMAGE={base}")
 
 
 def _exit_code(container: dict) -> str:
