@@ -268,9 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     engine.add_argument("action", choices=["up", "down", "status"])
     engine.add_argument("--state-dir", type=Path, default=DEFAULT_WORKDIR / "engine")
     engine.set_defaults(func=cmd_engine)
+    from chi_helpers.twin.world import FAULTS  # a plain tuple: importing it starts nothing
+
     twin = sub.add_parser("twin", help="a twin of Chameleon's services on this machine, to rehearse the chameleon target")
     twin.add_argument("action", choices=["up", "status", "down", "fault"])
-    twin.add_argument("fault", nargs="?", help="with `fault`: lease-error, server-error, host-taken, keystone-refuses, ssh-drops")
+    twin.add_argument("fault", nargs="?", help=f"with `fault`: one of {', '.join(FAULTS)}")
     twin.add_argument("--state-dir", type=Path, default=DEFAULT_WORKDIR / "twin")
     twin.add_argument("--speed", type=float, default=60.0, help="how much faster waits for a lease's start pass")
     twin.add_argument("--json", action="store_true", help="with `status`: the resources as JSON")

@@ -19,7 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-FAULTS = ("lease-error", "server-error", "keystone-refuses", "ssh-drops", "host-taken")
+FAULTS = (
+    "lease-error", "server-error", "keystone-refuses", "ssh-drops", "host-taken",
+    # Blazar's refusals as Chameleon's filters give them (twin/blazar.py)
+    "no-allocation", "allocation-used-up", "flavor-exhausted",
+    # Neutron's (twin/neutron.py)
+    "floating-ips-exhausted", "floating-ip-quota",
+)
 
 
 class Clock:
