@@ -115,6 +115,7 @@ def cmd_run(args) -> int:
             profile, lease_name_from(args, user), profile.default_node if args.node is None else args.node,
             args.project, args.site or profile.site, user, rc_file=args.rc_file or "", repo=args.repo or "",
             ref=args.ref, output_dir=args.output, lease_timeout=args.lease_timeout * 60, end_lease=args.end_lease,
+            lease_poll=args.lease_poll, expected_photos=args.expect_photos,
         )
         return 0 if report["passed"] else 1
     from chi_helpers.local.run import run_series
@@ -248,6 +249,9 @@ def build_parser() -> argparse.ArgumentParser:
     chameleon.add_argument("--ref", default="main", help="the branch or tag of --repo")
     chameleon.add_argument("--rc-file", help="an OpenStack RC file with your credentials (default: the OS_* environment)")
     chameleon.add_argument("--lease-timeout", type=float, default=70, help="minutes to wait for the lease to start")
+    chameleon.add_argument("--lease-poll", type=float, default=60, help="seconds between looks at a PENDING lease")
+    chameleon.add_argument("--expect-photos", type=_per_class, metavar="training=N,validation=N,evaluation=N",
+                           help="the photos per split the node's data volume must hold (default: Food-11's)")
     chameleon.add_argument("--end-lease", action="store_true",
                            help="notebook 08 ends the lease, server and address (default: they stay for a rerun; "
                                 "`release` ends them)")

@@ -37,6 +37,50 @@ def test_every_image_is_pinned(file, name, service):
     assert re.search(r"\d", tag), f"{file}:{name}: the tag {tag!r} names no version"
 
 
+# Docker reads a reference without a registry as Docker Hub's, and Docker Hub no longer serves every
+# image it once did (MinIO removed minio/minio and minio/mc in September 2026): a pull would answer
+# "pull access denied". So every image the node pulls names its registry.
+def names_its_registry(image: str) -> bool:
+    first, slash, _ = image.partition("/")
+    return bool(slash) and ("." in first or ":" in first or first == "localhost")
+
+
+@pytest.mark.parametrize("image", ["minio/minio:RELEASE.2025-09-07T16-13-09Z", "minio/mc:RELEASE.2025-08-13T08-35-41Z",
+                                   "postgres:16.4", "rocm/pytorch:rocm6.4.1", "library/python:3.11"])
+def test_a_reference_without_a_registry_is_refused(image):
+    assert not names_its_registry(image)
+
+
+def pulled_images() -> list[tuple[str, str]]:
+    """(where, image) for every image the node pulls: Compose services that are not built here, and
+    each Dockerfile's production base."""
+    found = [(f"{file}:{name}", service["image"]) for file, name, service in services()
+             if not (service.get("build") and service.get("pull_policy") == "build")]
+    for dockerfile in sorted(DOCKER.glob("Dockerfile.*")):
+        for line in dockerfile.read_text().splitlines():
+            if line.startswith("ARG BASE_IMAGE="):
+                found.append((dockerfile.name, line.split("=", 1)[1]))
+            elif line.startswith("FROM ") and "${" not in line:
+                found.append((dockerfile.name, line.split()[1]))
+    return found
+
+
+def test_every_pulled_image_names_its_registry():
+    images = pulled_images()
+    assert len(images) >= 7  # minio, mc, postgres, the data job, three Dockerfile bases
+    for where, image in images:
+        assert names_its_registry(image), f"{where}: {image!r} names no registry (write docker.io/..., quay.io/...)"
+    assert {image for _, image in images} >= {"quay.io/minio/minio:RELEASE.2025-09-07T16-13-09Z",
+                                               "quay.io/minio/mc:RELEASE.2025-08-13T08-35-41Z"}
+
+
+def test_images_built_on_the_node_are_never_pulled():
+    built = [(name, service) for _, name, service in services() if service.get("build")]
+    assert built, "the MLflow server image is built from docker/Dockerfile.mlflow-server"
+    for name, service in built:
+        assert service.get("pull_policy") == "build", f"{name}: a missing image would be looked for in a registry"
+
+
 def test_secrets_come_only_from_required_variables():
     text = (DOCKER / "compose-tracking.yaml").read_text()
     for variable in credentials.REQUIRED:
@@ -78,9 +122,9 @@ def test_mlflow_asks_for_a_sign_in_with_the_generated_admin():
 
 
 PRODUCTION_BASES = {
-    "Dockerfile.mlflow-server": "python:3.11.9-slim-bookworm",
+    "Dockerfile.mlflow-server": "docker.io/library/python:3.11.9-slim-bookworm",
     "Dockerfile.jupyter-mlflow-cuda": "quay.io/jupyter/pytorch-notebook:cuda12-2025-08-18",
-    "Dockerfile.jupyter-mlflow-rocm": "rocm/pytorch:rocm6.4.1_ubuntu24.04_py3.12_pytorch_release_2.6.0",
+    "Dockerfile.jupyter-mlflow-rocm": "docker.io/rocm/pytorch:rocm6.4.1_ubuntu24.04_py3.12_pytorch_release_2.6.0",
 }
 
 
@@ -92,11 +136,14 @@ def test_every_dockerfile_takes_its_base_as_an_argument_defaulting_to_production
     assert sum(line.startswith("FROM") for line in lines) == 1
 
 
-def test_postgres_is_not_published_and_the_s3_api_only_on_loopback():
+def test_only_mlflow_faces_the_internet():
+    """PostgreSQL is not published; MinIO, archived and unpatched, only on the node's loopback (its API and
+    console are reached through an SSH tunnel); MLflow, behind its sign-in, is the one public port."""
     assert "ports" not in TRACKING["services"]["postgres"]
-    minio_ports = TRACKING["services"]["minio"]["ports"]
-    assert "127.0.0.1:9000:9000" in minio_ports and "9001:9001" in minio_ports
-    assert TRACKING["services"]["mlflow"]["ports"] == ["8000:8000"]
+    assert TRACKING["services"]["minio"]["ports"] == ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001"]
+    public = [(name, port) for name, service in TRACKING["services"].items() for port in service.get("ports", [])
+              if not str(port).startswith("127.0.0.1:")]
+    assert public == [("mlflow", "8000:8000")]
 
 
 def test_mlflow_allows_only_the_hosts_it_is_given():

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import nbformat
 
+from chi_helpers import network_guard
 from chi_helpers.chameleon import login, openstack_rc
 from chi_helpers.chameleon import server as node_server
 from chi_helpers.chameleon import node_stack
@@ -22,7 +23,6 @@ from chi_helpers.local.target import DEFAULT_WORKDIR
 from chi_helpers.progress import Clock
 from chi_helpers.series import NOTEBOOKS
 from chi_helpers.series.run import NotebookResult, finish, run_notebook, step
-from chi_helpers.twin import guard as twin_guard
 from chi_helpers.variants import Variant
 
 
@@ -89,14 +89,15 @@ def run_node_notebook(node, variant: str, notebook: str, out_dir: Path) -> Noteb
     return result
 
 
-def _site_list(rc_file: str) -> str:
-    """Where python-chi will read the site list: the RC file's CHI_RESOURCE_API_URL, or the environment's."""
+def allowed_networks(rc_file: str) -> str:
+    """The networks this run may reach, where the credentials ask for a limit: the RC file's
+    CHI_SERIES_ALLOWED_NETWORKS, or the environment's ("" on Chameleon: no limit)."""
     path = Path(rc_file).expanduser() if rc_file else None
     if path and path.is_file():
-        found = openstack_rc.parse(path.read_text()).get("CHI_RESOURCE_API_URL")
+        found = openstack_rc.parse(path.read_text()).get(network_guard.VARIABLE)
         if found:
             return found
-    return os.environ.get("CHI_RESOURCE_API_URL", "")
+    return os.environ.get(network_guard.VARIABLE, "")
 
 
 _STEP = {"01": "waiting for the lease", "04": "reaching the node's MLflow server", "07": "the registry check"}
@@ -133,7 +134,8 @@ def read_sign_in(node) -> dict[str, str]:
 
 def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, project: str, site: str, user: str,
                   rc_file: str = "", repo: str = "", ref: str = "main", output_dir: str | os.PathLike | None = None,
-                  lease_timeout: float = 3600, mlflow_port: int = 8000, end_lease: bool = False) -> dict:
+                  lease_timeout: float = 3600, mlflow_port: int = 8000, end_lease: bool = False,
+                  lease_poll: float = 60, expected_photos: dict[str, int] | None = None) -> dict:
     """Run the whole series on Chameleon; the report has the same shape as the local target's."""
     from mlflow import MlflowClient
 
@@ -144,14 +146,15 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
                   "lease_name": lease_name, "node_name": node_name, "rc_file": rc_file, "repo": repo, "ref": ref,
                   # By default the run leaves lease, server and address for a rerun; `release` ends them.
                   "end_lease": end_lease}
+    if expected_photos:  # a smaller copy of Food-11 than the real one (a mirror, a rehearsal)
+        parameters["expected_photos"] = dict(expected_photos)
     results: list[NotebookResult] = []
     node = client = url = None
-    poll = 60
-    if twin_guard.is_twin(_site_list(rc_file)):
-        # A rehearsal against the twin: nothing may leave 127.0.0.0/8, here or in the notebooks' kernels.
-        twin_guard.install()
-        os.environ.update(twin_guard.environment())
-        poll = 3
+    networks = allowed_networks(rc_file)
+    if networks:
+        # The credentials limit where this run may go: here, and in every notebook kernel it starts.
+        network_guard.install(networks)
+        os.environ.update(network_guard.environment(networks=networks))
     # This process asks python-chi too (waiting for the lease, finding the node): it signs in as the
     # notebooks do, before its first call, and a failure is reported like a notebook's.
     try:
@@ -174,7 +177,7 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
             continue
         try:
             if entry.source.startswith("01_"):
-                wait_for_active(lease_name, lease_timeout, poll=poll, clock=clock)
+                wait_for_active(lease_name, lease_timeout, poll=lease_poll, clock=clock)
             elif entry.source.startswith("04_"):
                 node = connect(user)
                 url = f"http://{node.get_floating_ip()}:{mlflow_port}"

@@ -18,7 +18,7 @@ from chi_helpers.local import processes
 from chi_helpers.progress import Clock
 
 BASE_IMAGE = "mlflow-ci/python:bookworm"
-PRODUCTION_BASE = "python:3.11.9-slim-bookworm"  # what it stands in for (the server's Dockerfile default)
+PRODUCTION_BASE = "docker.io/library/python:3.11.9-slim-bookworm"  # what it stands in for (the server's Dockerfile default)
 MIRROR = os.environ.get("DEBIAN_MIRROR", "http://deb.debian.org/debian")
 HOST_CA_DIR = Path("/usr/local/share/ca-certificates")
 PACKAGES = ("ca-certificates", "python3", "python3-pip", "python3-venv")

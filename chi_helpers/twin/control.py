@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from chi_helpers import network_guard
 from chi_helpers.twin import keystone
 from chi_helpers.twin.web import Fault, Request, Service, TwinServer, reply, serve
 from chi_helpers.twin.world import FAULTS, World
@@ -120,6 +121,8 @@ def write_rc(world: World, path: Path, credential_id: str, secret: str) -> None:
         f"export OS_KEYPAIR_PUBLIC_KEY={world.state_dir / 'keys' / 'id_rsa.pub'}",
         # python-chi reads the site list here instead of Chameleon's API.
         f"export CHI_RESOURCE_API_URL={world.url('/api')}",
+        # Nothing that uses these credentials may leave this machine: the series installs the guard.
+        f"export {network_guard.VARIABLE}={network_guard.LOOPBACK}",
     ]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
@@ -142,6 +145,7 @@ def write_password_rc(world: World, path: Path) -> None:
         f"export OS_KEYPAIR_PRIVATE_KEY={keys / 'id_rsa'}",
         f"export OS_KEYPAIR_PUBLIC_KEY={keys / 'id_rsa.pub'}",
         f"export CHI_RESOURCE_API_URL={world.url('/api')}",
+        f"export {network_guard.VARIABLE}={network_guard.LOOPBACK}",
     ]
     path.write_text("\n".join(lines) + "\n")
     path.chmod(0o600)
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=60.0)
     parser.add_argument("--end-speed", type=float, default=1.0)
     args = parser.parse_args(argv)
-    from chi_helpers.twin import guard
+    from chi_helpers import network_guard as guard
 
     guard.install()  # the twin itself never reaches out either
     twin = start(args.state_dir, speed=args.speed, end_speed=args.end_speed)

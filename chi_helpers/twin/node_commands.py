@@ -880,7 +880,7 @@ def count_photos(shell: Shell, match: re.Match) -> int:
 
 @answers("credentials.py", rf"python3 (?P<script>{WORD}/chi_helpers/credentials\.py)(?P<args>(?: {WORD})*)")
 def credentials(shell: Shell, match: re.Match) -> int:
-    from chi_helpers.twin import guard
+    from chi_helpers import network_guard as guard
 
     script = shell.path(match["script"])
     if not script.is_file():
@@ -1278,7 +1278,7 @@ papermill.execute_notebook(spec["input"], spec["output"], parameters=parameters,
 
 def _papermill(shell: Shell, container: dict, workdir: str, container_env: dict, arguments: list[str]) -> int:
     """papermill inside the container, run for real on the node's copy with the container's environment."""
-    from chi_helpers.twin import guard
+    from chi_helpers import network_guard as guard
 
     node = shell.node
     cwd = _in_container(container, workdir)

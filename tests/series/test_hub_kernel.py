@@ -31,7 +31,7 @@ import pytest
 from chi_helpers.kernel_setup import NEEDS, PROVIDERS
 from chi_helpers.local import processes
 from chi_helpers.series import NOTEBOOKS, REPO_ROOT
-from chi_helpers.twin import guard
+from chi_helpers import network_guard as guard
 from chi_helpers.variants import VARIANTS
 
 # What Chameleon's JupyterHub kernel has (SPEC: "Chameleon's JupyterHub and Trovi").
@@ -105,7 +105,7 @@ def hub_env(hub, monkeypatch):
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(WHEELHOUSE))
     guarded = guard.environment({})
-    for key in ("PYTHONPATH", guard.FLAG):
+    for key in ("PYTHONPATH", guard.VARIABLE):
         monkeypatch.setenv(key, guarded[key])
 
 

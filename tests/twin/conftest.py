@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from chi_helpers.twin import control, guard
+from chi_helpers import network_guard as guard
+from chi_helpers.twin import control
 
 
 @pytest.fixture(scope="session", autouse=True)

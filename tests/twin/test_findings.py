@@ -25,7 +25,7 @@ def signed_in(twin, clean_environment, chi_at_twin):
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    from chi_helpers.twin import guard
+    from chi_helpers import network_guard as guard
 
     return subprocess.run([sys.executable, "-m", "chi_helpers", *args], capture_output=True, text=True, cwd=REPO,
                           env=guard.environment({k: v for k, v in (env or {}).items()}), timeout=120)

@@ -15,7 +15,7 @@ import pytest
 
 from chi_helpers.chameleon import reservation
 from chi_helpers.series import NOTEBOOKS, output_path
-from chi_helpers.twin import guard
+from chi_helpers import network_guard as guard
 
 RESERVE = next(e for e in NOTEBOOKS if e.source.startswith("01_"))
 

@@ -11,7 +11,7 @@ import nbformat
 import papermill as pm
 
 from chi_helpers.series import NOTEBOOKS, output_path
-from chi_helpers.twin import guard
+from chi_helpers import network_guard as guard
 
 
 def test_the_project_widget_picks_from_keystone(twin, tmp_path, monkeypatch):
