@@ -46,6 +46,8 @@ NEEDS = {
 }
 
 SERIES_ROOT = Path(__file__).resolve().parent.parent
+# Built by the GPU's vendor into the node's image: installed by this cell only where no GPU build exists.
+VENDOR_BUILT = ("torch", "torchvision")
 
 
 class SetupError(RuntimeError):
@@ -108,6 +110,13 @@ def prepare(target: str, side: str = "testbed", say=print) -> list[str]:
     _prepend("PYTHONPATH", str(SERIES_ROOT))  # `!python -m chi_helpers`, the training scripts
     _prepend("PATH", str(Path(sys.executable).parent))  # `!python` is this kernel's Python
     absent = missing(needs)
+    vendor = [name for name in VENDOR_BUILT if name in absent]
+    if side == "node" and target == "chameleon" and vendor:
+        # PyPI's build would replace the GPU vendor's (ROCm's, or NVIDIA's matched to the image's CUDA).
+        raise SetupError(f"{', '.join(vendor)} cannot be imported in this kernel. On the node they come with the "
+                         "Jupyter image (docker/Dockerfile.jupyter-mlflow-*), built for its GPUs; installing "
+                         "PyPI's build here would replace that. Open this notebook in the jupyter-mlflow "
+                         "container that notebook 04 starts, with its Python 3 kernel.")
     if absent:
         install([PROVIDERS[name] for name in absent], say=say)
         still = missing(absent)

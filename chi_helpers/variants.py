@@ -27,6 +27,10 @@ class Variant:
     # timeline in notebook 00 quote them.
     tracked_run_minutes: int
     lightning_run_minutes: int
+    # Minutes the Jupyter image takes to build on the node, mostly pulling its base (estimates, not
+    # measured: NVIDIA's PyTorch notebook image is a few GB, the ROCm base about 10 GB compressed).
+    # Notebook 04 waits up to twice this long for the build that notebook 02 started.
+    image_build_minutes: int
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -39,6 +43,7 @@ VARIANTS = {
         image="CC-Ubuntu24.04-CUDA", gpu_tool="nvidia-smi", metrics_library="nvidia-ml-py (pynvml)",
         jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-cuda", docker_gpu_flags="--gpus all",
         fast_num_workers=16, needs_security_groups=False, tracked_run_minutes=6, lightning_run_minutes=10,
+        image_build_minutes=15,
     ),
     "amd": Variant(
         name="amd", title="AMD MI100 (gpu_mi100)", site="CHI@TACC", reservation="node",
@@ -47,6 +52,7 @@ VARIANTS = {
         jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-rocm",
         docker_gpu_flags="--device=/dev/kfd --device=/dev/dri --group-add video --group-add $(getent group render | cut -d: -f3)",
         fast_num_workers=16, needs_security_groups=False, tracked_run_minutes=13, lightning_run_minutes=10,
+        image_build_minutes=40,
     ),
     "vm": Variant(
         name="vm", title="NVIDIA H100 virtual machine (KVM@TACC)", site="KVM@TACC", reservation="flavor",
@@ -54,6 +60,7 @@ VARIANTS = {
         image="CC-Ubuntu24.04-CUDA", gpu_tool="nvidia-smi", metrics_library="nvidia-ml-py (pynvml)",
         jupyter_dockerfile="docker/Dockerfile.jupyter-mlflow-cuda", docker_gpu_flags="--gpus all",
         fast_num_workers=16, needs_security_groups=True, tracked_run_minutes=6, lightning_run_minutes=10,
+        image_build_minutes=15,
     ),
 }
 DEFAULT_VARIANT = "nvidia"

@@ -16,6 +16,19 @@ from chi_helpers.variants import Variant
 
 BUNDLE = "/tmp/mlflow-chi.bundle"  # where an uploaded copy of the series (a git bundle) lands on the node
 NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+IMAGE = "jupyter-mlflow"  # built on the node, never pulled (no registry serves it)
+BUILD_LOG = "~/jupyter-build.log"
+BUILD_STATUS = "~/jupyter-build.status"  # "building" while the build runs, then its exit status
+# Apt's own setting: wait up to 10 min for the package lock instead of failing at once. A fresh Ubuntu
+# 24.04 runs unattended-upgrades right after boot, which holds the lock for minutes.
+APT_LOCK_CONF = "/etc/apt/apt.conf.d/90-mlflow-series-lock-timeout"
+# A name for the commits made on the node (the num_workers fix), set on every checkout, cloned or uploaded.
+GIT_IDENTITY = 'config user.name "$USER" && git -C {repo} config user.email "$USER@$(hostname)"'
+
+
+def piped(command: str) -> str:
+    """A pipeline fails when any part fails: a download that fails must not feed `sh` an empty script."""
+    return f"set -o pipefail; {command}"
 
 
 @dataclass(frozen=True)
@@ -30,18 +43,19 @@ def materials(repo: str | None = None, ref: str = "main", archive: str | None = 
     cloned from `repo` at `ref`, or, when the series has no public home, this copy packed into the
     git bundle `archive` (see `pack_checkout`) and uploaded. A second upload fast-forwards the node's
     copy; commits made on the node are kept."""
+    git = f"git -C {REMOTE_REPO}"
+    identity = f"{git} " + GIT_IDENTITY.format(repo=REMOTE_REPO)
     if repo:
         return [Step(
             f"this series' files at {REMOTE_REPO}, from {repo} at {ref}",
             f"test -d {REMOTE_REPO}/.git || git clone {repo} {REMOTE_REPO}; "
-            f"git -C {REMOTE_REPO} fetch --depth 1 origin {ref} && git -C {REMOTE_REPO} checkout --force FETCH_HEAD",
+            f"{git} fetch --depth 1 origin {ref} && {git} checkout --force FETCH_HEAD && {identity}",
         )]
-    git = f"git -C {REMOTE_REPO}"
     return [Step(
         f"this series' files at {REMOTE_REPO}, a git checkout of the uploaded copy",
         # A bundle of HEAD clones detached: a branch to commit on, and a name for those commits.
         f"test -d {REMOTE_REPO}/.git || {{ git clone --quiet {BUNDLE} {REMOTE_REPO} && {git} switch --quiet -c series "
-        f"&& {git} config user.name \"$USER\" && {git} config user.email \"$USER@$(hostname)\"; }}; "
+        f"&& {identity}; }}; "
         f"{git} fetch --quiet {BUNDLE} HEAD && {{ {git} merge --ff-only --quiet FETCH_HEAD "
         f"|| echo 'the copy on the node has commits of its own: kept as it is'; }} && rm {BUNDLE}",
         upload=archive or "<this copy of the series, packed as a git bundle>",
@@ -77,17 +91,19 @@ def pack_snapshot(path: str, root: str | Path, message: str = "the series as cop
 
 
 DOCKER = [
-    Step("Docker", "command -v docker >/dev/null || curl -sSL https://get.docker.com/ | sudo sh"),
+    Step("apt waits for the package lock (unattended-upgrades holds it after boot)",
+         f"echo 'DPkg::Lock::Timeout \"600\";' | sudo tee {APT_LOCK_CONF} >/dev/null"),
+    Step("Docker", piped("command -v docker >/dev/null || curl -fsSL https://get.docker.com/ | sudo sh")),
     Step("you in the docker group", "sudo groupadd -f docker && sudo usermod -aG docker $USER"),
 ]
 
 NVIDIA = [
     Step("the NVIDIA container toolkit's package signing key",
-         f"curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | sudo gpg --batch --yes --dearmor -o {NVIDIA_KEYRING}"),
+         piped(f"curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | sudo gpg --batch --yes --dearmor -o {NVIDIA_KEYRING}")),
     Step("the NVIDIA container toolkit's apt repository",
-         "curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | "
-         f"sed 's#deb https://#deb [signed-by={NVIDIA_KEYRING}] https://#g' | "
-         "sudo tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null"),
+         piped("curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | "
+               f"sed 's#deb https://#deb [signed-by={NVIDIA_KEYRING}] https://#g' | "
+               "sudo tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null")),
     Step("the toolkit, jq and nvtop", "sudo apt-get update -q && sudo apt-get install -yq nvidia-container-toolkit jq nvtop"),
     Step("Docker's NVIDIA runtime", "sudo nvidia-ctk runtime configure --runtime=docker"),
     # A known toolkit issue: with the systemd cgroup driver, containers lose their GPUs after a while.
@@ -109,19 +125,25 @@ AMD = [
 
 
 def image_build(profile: Variant) -> Step:
-    """Starts the Jupyter image build in the background (slow; ROCm very slow), its log on the node."""
+    """Starts the Jupyter image build in the background (slow; ROCm very slow), its log and status on the
+    node. Not again while one runs, nor once the image is there; a failed build starts anew."""
     return Step(
         "the Jupyter image build, started in the background",
-        f"docker image inspect jupyter-mlflow >/dev/null 2>&1 || (cd {REMOTE_REPO} && "
-        f"nohup sg docker -c 'docker build -t jupyter-mlflow -f {profile.jupyter_dockerfile} .' "
-        "> ~/jupyter-build.log 2>&1 &)",
+        f"docker image inspect {IMAGE} >/dev/null 2>&1 || grep -qx building {BUILD_STATUS} 2>/dev/null || "
+        f"(cd {REMOTE_REPO} && echo building > {BUILD_STATUS} && nohup sg docker -c "
+        f"'docker build -t {IMAGE} -f {profile.jupyter_dockerfile} . ; echo $? > {BUILD_STATUS}' "
+        f"> {BUILD_LOG} 2>&1 &)",
     )
 
 
+# One word for where the build stands (built, building, missing, or the failed build's exit status),
+# then the log's last line.
+IMAGE_STATE = (f"if docker image inspect {IMAGE} >/dev/null 2>&1; then echo built; "
+               f"else cat {BUILD_STATUS} 2>/dev/null || echo missing; fi; tail -n 1 {BUILD_LOG} 2>/dev/null || true")
+
+
 def image_build_check() -> Step:
-    return Step("has the image build finished?",
-                "docker image inspect jupyter-mlflow >/dev/null 2>&1 && echo 'jupyter-mlflow is built' "
-                "|| (echo 'still building (or failed): the last lines of its log'; tail -n 5 ~/jupyter-build.log)")
+    return Step("has the image build finished?", IMAGE_STATE)
 
 
 def steps(profile: Variant, repo: str | None = None, ref: str = "main", archive: str | None = None) -> list[Step]:

@@ -6,6 +6,11 @@ prints them. The Compose files and Dockerfiles they use are in `docker/`.
 
 from __future__ import annotations
 
+import json
+import re
+import shlex
+from pathlib import PurePosixPath
+
 from chi_helpers.variants import Variant
 
 REMOTE_REPO = "~/mlflow-chi"  # where the node setup puts this repository
@@ -17,8 +22,22 @@ SIGN_IN_KEYS = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")  # what 
 SIGN_IN_LINES = "^MLFLOW_TRACKING_(USERNAME|PASSWORD)="  # those two lines of the env file
 
 
+DATA_JOB = "fetch-food11"
+
+
 def data_commands() -> list[str]:
-    return ["docker volume create food11", f"{DATA} up"]
+    # `run --rm`, not `up`: `up` exits 0 when the job fails (docker/compose#683); `run` carries its exit code.
+    return ["docker volume create food11", f"{DATA} run --rm {DATA_JOB}"]
+
+
+def data_count_command() -> str:
+    """Counts the photos per split in the volume, with the data job's own image and code."""
+    return f"{DATA} run --rm {DATA_JOB} python /opt/food11.py verify /data/Food-11"
+
+
+def photo_counts(output: str) -> dict[str, int]:
+    """{split: photos} from what `food11.py verify` prints ("training  9866 photos in 11 classes")."""
+    return {split: int(n) for split, n in re.findall(r"^(\w+)\s+(\d+) photos in \d+ classes$", output, re.M)}
 
 
 def tracking_up_commands(address: str) -> list[str]:
@@ -44,7 +63,9 @@ def jupyter_run_command(profile: Variant, address: str) -> str:
     # where a second `docker run --name jupyter` would fail with "name already in use".
     return (
         "docker ps -q --filter name=^jupyter$ | grep -q . || "
-        "docker run -d --rm --name jupyter -p 8888:8888 --shm-size 16G "
+        # --pull never: the image is built on the node; were it missing, Docker would look for it on
+        # Docker Hub and answer "pull access denied", which says nothing of the build.
+        "docker run -d --rm --pull never --name jupyter -p 8888:8888 --shm-size 16G "
         f"{profile.docker_gpu_flags} "
         # The node's git checkout of the series, whole: the helpers beside the notebooks, and the
         # history, so MLflow records the commit of the code each run ran.
@@ -57,8 +78,26 @@ def jupyter_run_command(profile: Variant, address: str) -> str:
 
 
 def jupyter_url_command() -> str:
-    """Prints the Jupyter server's address with its access token."""
-    return "docker exec jupyter jupyter server list"
+    """Prints the running Jupyter server (address, token, root folder) as JSON, one line per server."""
+    return "docker exec jupyter jupyter server list --json"
+
+
+def jupyter_url(listing: str, address: str, variant: str, notebook: str = "05_track_pytorch.ipynb") -> str | None:
+    """The address to open `notebook` in the node's Jupyter, from `jupyter server list --json`: the node's
+    public address in place of the container's own name, the notebook's path as the file browser shows
+    it (relative to the server's root folder), and the token. None while no server is listed."""
+    for line in listing.splitlines():
+        try:
+            server = json.loads(line)
+        except ValueError:
+            continue
+        if not server.get("token"):
+            continue
+        root = PurePosixPath(server.get("root_dir") or CONTAINER_SERIES)
+        path = PurePosixPath(CONTAINER_SERIES, "workspace_mlflow", variant, notebook)
+        shown = path.relative_to(root) if path.is_relative_to(root) else path
+        return f"http://{address}:{server.get('port', 8888)}/lab/tree/{shown}?token={server['token']}"
+    return None
 
 
 def executed_path(variant: str, notebook: str) -> str:
@@ -76,6 +115,25 @@ def stop_commands() -> list[str]:
     return ["docker stop jupyter || true", f"{TRACKING} down"]
 
 
-def ssh_tunnel(address: str) -> str:
-    """For those who want nothing but SSH open: the three UIs on this computer's localhost."""
-    return f"ssh -L 8000:127.0.0.1:8000 -L 8888:127.0.0.1:8888 -L 9001:127.0.0.1:9001 cc@{address}"
+def ssh_command(address: str, key_file: str, remote: str = "", options: str = "") -> str:
+    """What to type in a terminal to run `remote` on the node: python-chi's key, the node's address, and
+    the remote command quoted, so that `~` and `$` mean the node's and not this computer's."""
+    words = ["ssh", "-i", shlex.quote(key_file), *shlex.split(options), f"cc@{address}"]
+    return " ".join(words + ([shlex.quote(remote)] if remote else []))
+
+
+def password_command(address: str, key_file: str) -> str:
+    """Prints MLflow's admin password: for a terminal, never a notebook's output."""
+    return ssh_command(address, key_file, f"grep MLFLOW_TRACKING_PASSWORD {ENV_FILE}")
+
+
+def console_login_command(address: str, key_file: str) -> str:
+    """Prints the object store console's user and password: for a terminal."""
+    return ssh_command(address, key_file, console_credentials_command())
+
+
+def ssh_tunnel(address: str, key_file: str) -> str:
+    """MinIO's console (on the node's loopback only) and, for those who want nothing but SSH open, MLflow
+    and Jupyter, on this computer's localhost while the command runs."""
+    return ssh_command(address, key_file,
+                       options="-N -L 9001:127.0.0.1:9001 -L 8000:127.0.0.1:8000 -L 8888:127.0.0.1:8888")

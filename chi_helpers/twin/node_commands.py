@@ -142,9 +142,14 @@ def answers(name: str, pattern: str, concurrent: bool = False):
     return register
 
 
+PIPEFAIL = "set -o pipefail; "  # bash's own option; the answers below fail a pipeline as a whole already
+
+
 def find(command: str) -> tuple[Answer, re.Match] | None:
     """The answer for `command` (and what its pattern read from it), or None."""
     text = command.strip()
+    if text.startswith(PIPEFAIL):
+        text = text[len(PIPEFAIL):]
     for candidate in ANSWERS:
         match = candidate.pattern.fullmatch(text)
         if match:
@@ -290,7 +295,8 @@ def _git_host(url: str) -> tuple[str | None, str]:
 
 @answers("clone the series",
          rf"test -d (?P<dest>{WORD})/\.git \|\| git clone (?P<repo>{WORD}) (?P=dest); "
-         rf"git -C (?P=dest) fetch --depth 1 origin (?P<ref>{WORD}) && git -C (?P=dest) checkout --force FETCH_HEAD")
+         rf"git -C (?P=dest) fetch --depth 1 origin (?P<ref>{WORD}) && git -C (?P=dest) checkout --force FETCH_HEAD"
+         rf"(?: && git -C (?P=dest) config user\.name \"\$USER\" && git -C (?P=dest) config user\.email \"\$USER@\$\(hostname\)\")?")
 def clone(shell: Shell, match: re.Match) -> int:
     dest_name = shell.expand(match["dest"])
     dest = shell.path(match["dest"])
@@ -323,7 +329,7 @@ def clone(shell: Shell, match: re.Match) -> int:
 
 # --- Docker and the GPUs' software ---------------------------------------------------------------
 
-@answers("install Docker", r"command -v docker >/dev/null \|\| curl -sSL https://get\.docker\.com/? \| sudo sh")
+@answers("install Docker", r"command -v docker >/dev/null \|\| curl -f?sSL https://get\.docker\.com/? \| sudo sh")
 def install_docker(shell: Shell, match: re.Match) -> int:
     if shell.state["docker"]:
         return 0
@@ -351,6 +357,14 @@ def install_docker(shell: Shell, match: re.Match) -> int:
     shell.state["docker"] = True
     shell.state["packages"] |= {"docker-ce", "docker-ce-cli", "containerd.io", "docker-compose-plugin"}
     shell.path("/etc/docker").mkdir(parents=True, exist_ok=True)
+    return 0
+
+
+@answers("apt's lock timeout", rf"echo 'DPkg::Lock::Timeout \"(?P<seconds>\d+)\";' \| sudo tee (?P<conf>{WORD}) >/dev/null")
+def apt_lock_timeout(shell: Shell, match: re.Match) -> int:
+    conf = shell.path(match["conf"])
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f'DPkg::Lock::Timeout "{match["seconds"]}";\n')
     return 0
 
 
@@ -672,13 +686,32 @@ def _build_log(dockerfile_name: str, text: str, image: str) -> tuple[str, str]:
     return "\n".join(lines) + "\n", workdir
 
 
+def _image_ready(shell: Shell, image: str) -> bool:
+    """Is `image` built? A build the twin started finishes `image_build_seconds` after it began: then its
+    log is complete and its status file holds 0, as the node's build command leaves them."""
+    found = shell.state["images"].get(image)
+    if found is None:
+        return False
+    if found.get("ready_at", 0) > time.time():
+        return False
+    if found.get("pending_log"):
+        shell.path(found["log"]).write_text(found.pop("pending_log"))
+        shell.path(found["status"]).write_text("0\n")
+    return True
+
+
 @answers("start the Jupyter image build",
-         rf"docker image inspect (?P<image>[\w.-]+) >/dev/null 2>&1 \|\| \(cd (?P<repo>{WORD}) && nohup sg docker -c "
-         rf"'docker build -t (?P=image) -f (?P<dockerfile>{WORD}) \.' > (?P<log>{WORD}) 2>&1 &\)")
+         rf"docker image inspect (?P<image>[\w.-]+) >/dev/null 2>&1 \|\| grep -qx building (?P<status>{WORD}) 2>/dev/null \|\| "
+         rf"\(cd (?P<repo>{WORD}) && echo building > (?P=status) && nohup sg docker -c "
+         rf"'docker build -t (?P=image) -f (?P<dockerfile>{WORD}) \. ; echo \$\? > (?P=status)' > (?P<log>{WORD}) 2>&1 &\)")
 def image_build(shell: Shell, match: re.Match) -> int:
     image = match["image"]
-    if shell.state["docker"] and "docker" in shell.state["groups"] and image in shell.state["images"]:
+    ready = shell.state["docker"] and "docker" in shell.state["groups"]
+    if ready and _image_ready(shell, image):
         return 0  # inspect found it
+    status_file = shell.path(match["status"])
+    if status_file.is_file() and status_file.read_text().strip() == "building":
+        return 0  # grep found a build running
     repo_name = shell.expand(match["repo"])
     repo = shell.path(match["repo"])
     if not repo.is_dir():
@@ -686,37 +719,79 @@ def image_build(shell: Shell, match: re.Match) -> int:
         return 1
     log = shell.path(match["log"])
     log.parent.mkdir(parents=True, exist_ok=True)
+
+    def failed(text: str, status: int) -> int:
+        log.write_text(text)
+        status_file.write_text(f"{status}\n")
+        return 0  # the build runs in the background: the step itself succeeds
+
     if not shell.state["docker"]:
-        log.write_text("sh: 1: docker: not found\n")
-        return 0
+        return failed("sg: group 'docker' does not exist\n", 127)
     if "docker" not in shell.state["groups"]:
-        log.write_text("ERROR: permission denied while trying to connect to the Docker daemon socket at "
-                       "unix:///var/run/docker.sock\n")
-        return 0
+        return failed("ERROR: permission denied while trying to connect to the Docker daemon socket at "
+                      "unix:///var/run/docker.sock\n", 1)
     dockerfile = shell.path(match["dockerfile"], cwd=shell.node.shown(repo))
     if not dockerfile.is_file():
-        log.write_text('#0 building with "default" instance using docker driver\n\n'
-                       f"#1 [internal] load build definition from {Path(match['dockerfile']).name}\n"
-                       "#1 transferring dockerfile: 2B done\n#1 DONE 0.0s\n"
-                       f"ERROR: failed to solve: failed to read dockerfile: open {Path(match['dockerfile']).name}: "
-                       "no such file or directory\n")
-        return 0
-    text, workdir = _build_log(match["dockerfile"], dockerfile.read_text(errors="replace"), image)
-    log.write_text(text)  # the twin's build is done at once
+        return failed('#0 building with "default" instance using docker driver\n\n'
+                      f"#1 [internal] load build definition from {Path(match['dockerfile']).name}\n"
+                      "#1 transferring dockerfile: 2B done\n#1 DONE 0.0s\n"
+                      f"ERROR: failed to solve: failed to read dockerfile: open {Path(match['dockerfile']).name}: "
+                      "no such file or directory\n", 1)
+    source = dockerfile.read_text(errors="replace")
+    text, workdir = _build_log(match["dockerfile"], source, image)
+    status_file.write_text("building\n")
+    log.write_text("\n".join(text.splitlines()[:8]) + "\n")  # so far: the base image's metadata
     shell.state["images"][image] = {"workdir": workdir, "dockerfile": match["dockerfile"],
-                                    "env": _image_env(_dockerfile(dockerfile.read_text(errors="replace")))}
+                                    "root_dir": _root_dir(_dockerfile(source)) or workdir,
+                                    "env": _image_env(_dockerfile(source)),
+                                    "ready_at": time.time() + shell.node.world.image_build_seconds,
+                                    "pending_log": text, "log": shell.node.shown(log),
+                                    "status": shell.node.shown(status_file)}
     return 0
 
 
-@answers("has the image build finished?",
-         r"docker image inspect (?P<image>[\w.-]+) >/dev/null 2>&1 && echo '(?P<built>[^']*)' \|\| "
-         rf"\(echo '(?P<building>[^']*)'; tail -n (?P<lines>\d+) (?P<log>{WORD})\)")
-def image_check(shell: Shell, match: re.Match) -> int:
-    if shell.state["docker"] and "docker" in shell.state["groups"] and match["image"] in shell.state["images"]:
-        shell.say(match["built"])
-        return 0
-    shell.say(match["building"])
-    return _tail(shell, match["log"], int(match["lines"]))
+def _root_dir(instructions: list[tuple[str, str]]) -> str | None:
+    """The Jupyter server's root folder when the image's CMD names one (`--ServerApp.root_dir=...`)."""
+    for keyword, arguments in instructions:
+        found = re.search(r"--ServerApp\.root_dir=([^\s\"',\]]+)", arguments) if keyword == "CMD" else None
+        if found:
+            return found[1]
+    return None
+
+
+@answers("where the image build stands",
+         r"if docker image inspect (?P<image>[\w.-]+) >/dev/null 2>&1; then echo built; "
+         rf"else cat (?P<status>{WORD}) 2>/dev/null \|\| echo missing; fi; tail -n 1 (?P<log>{WORD}) 2>/dev/null \|\| true")
+def image_state(shell: Shell, match: re.Match) -> int:
+    if shell.state["docker"] and "docker" in shell.state["groups"] and _image_ready(shell, match["image"]):
+        shell.say("built")
+    else:
+        status = shell.path(match["status"])
+        shell.say(status.read_text().strip() if status.is_file() else "missing")
+    log = shell.path(match["log"])
+    if log.is_file() and log.read_text(errors="replace").splitlines():
+        shell.say(log.read_text(errors="replace").splitlines()[-1])
+    return 0
+
+
+@answers("the end of a file, if there", rf"tail -n (?P<lines>\d+) (?P<path>{WORD}) 2>/dev/null")
+def tail_quiet(shell: Shell, match: re.Match) -> int:
+    path = shell.path(match["path"])
+    if not path.is_file():
+        return 1
+    return _tail(shell, match["path"], int(match["lines"]))
+
+
+@answers("docker logs", r"docker logs --tail (?P<lines>\d+) (?P<name>[\w.-]+) 2>&1")
+def docker_logs(shell: Shell, match: re.Match) -> int:
+    status = _docker_ready(shell)
+    if status:
+        return status
+    if match["name"] not in shell.state["containers"]:
+        shell.say(f"Error response from daemon: No such container: {match['name']}")
+        return 1
+    shell.say("[I ServerApp] Jupyter Server is starting")
+    return 0
 
 
 def _tail(shell: Shell, word: str, lines: int) -> int:
@@ -808,8 +883,9 @@ def _data_job(spec: dict) -> tuple[str, str, str, str] | None:
     return None
 
 
-@answers("the data job", rf"docker compose -f (?P<file>{WORD}) up")
+@answers("the data job", rf"docker compose -f (?P<file>{WORD}) run --rm (?P<service>[\w.-]+)(?P<command>(?: {WORD})*)")
 def data_job(shell: Shell, match: re.Match) -> int:
+    """`compose run --rm`: the job's output as it comes, and its exit status as the command's."""
     from chi_helpers import food11
 
     status = _docker_ready(shell)
@@ -819,7 +895,10 @@ def data_job(shell: Shell, match: re.Match) -> int:
     if spec is None:
         return 1
     job = _data_job(spec)
-    if job is None:
+    if job is None or job[0] != match["service"]:
+        if match["service"] not in (spec.get("services") or {}):
+            shell.warn(f"no such service: {match['service']}")
+            return 1
         shell.warn(NO_ANSWER.format(command=shell.command) + f" (the twin knows only the Food-11 fetch job, "
                    f"not what {shell.expand(match['file'])} runs)")
         return 127
@@ -829,27 +908,35 @@ def data_job(shell: Shell, match: re.Match) -> int:
         shell.warn(f"external volume \"{volume}\" not found")
         return 1
     project = _project(spec, path)
-    container = f"{project}-{service}-1"
-    shell.warn(f" Network {project}_default  Creating\n Network {project}_default  Created\n"
-               f" Container {container}  Creating\n Container {container}  Created")
-    shell.say(f"Attaching to {service}-1")
+    shell.warn(f" Network {project}_default  Creating\n Network {project}_default  Created")
+    command = match["command"].split()
+    if command:  # another command of the job's image: the twin knows `food11.py verify <folder>`
+        if len(command) != 4 or command[:2] != ["python", "/opt/food11.py"] or command[2] != "verify" \
+                or not (command[3] == mount or command[3].startswith(mount + "/")):
+            shell.warn(NO_ANSWER.format(command=shell.command))
+            return 127
+        root = shell.volume(volume) / command[3][len(mount):].lstrip("/")
+        try:
+            counts = food11.verify(root)
+        except food11.DataLayoutError as error:
+            shell.warn(f"error: {str(error).replace(str(shell.volume(volume)), mount)}")
+            return 2
+        shell.say(food11.describe(counts))
+        return 0
     root = shell.volume(volume) / folder[len(mount):].lstrip("/")
-    prefix = f"{service}-1  | "
     try:
         counts = food11.verify(root)
-        shell.say(f"{prefix}{folder} already holds all {sum(sum(c.values()) for c in counts.values())} photos: nothing to do.")
+        shell.say(f"{folder} already holds all {sum(sum(c.values()) for c in counts.values())} photos: nothing to do.")
     except food11.DataLayoutError:
         from chi_helpers.local import sample_data
 
         if root.exists():
             shutil.rmtree(root)
-        shell.say(f"{prefix}[   0.0s] downloading the Food-11 archive ...")
+        shell.say("[   0.0s] downloading the Food-11 archive ...")
         counts = sample_data.make_sample_dataset(root, per_class=dict(SAMPLE_PER_CLASS), image_size=SAMPLE_IMAGE_SIZE)
-        shell.say(f"{prefix}unpacking {folder}/Food-11.zip ...")
-        shell.say(prefix + "organized: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
-    for line in food11.describe(counts).splitlines():
-        shell.say(prefix + line)
-    shell.say(f"{service}-1 exited with code 0")
+        shell.say(f"unpacking {folder}/Food-11.zip ...")
+        shell.say("organized: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
+    shell.say(food11.describe(counts))
     return 0
 
 
@@ -1091,7 +1178,8 @@ def _options(words: list[str], with_value: set[str], flags: set[str]) -> tuple[l
 
 
 RUN_WITH_VALUE = {"--name", "-p", "--publish", "--shm-size", "--gpus", "--device", "--group-add", "-v", "--volume", "-e",
-                  "--env", "--env-file", "-w", "--workdir", "--network", "-u", "--user", "--hostname", "-h", "--ipc"}
+                  "--env", "--env-file", "-w", "--workdir", "--network", "-u", "--user", "--hostname", "-h", "--ipc",
+                  "--pull"}
 RUN_FLAGS = {"-d", "--detach", "--rm", "-i", "--interactive", "-t", "--tty", "-it", "-ti", "--init"}
 EXEC_WITH_VALUE = {"-w", "--workdir", "-e", "--env", "-u", "--user"}
 EXEC_FLAGS = {"-i", "--interactive", "-t", "--tty", "-it", "-ti", "-d", "--detach"}
@@ -1115,7 +1203,11 @@ def docker_run(shell: Shell, match: re.Match) -> int:
         return 125
     image, command = rest[0], rest[1:]
     names = dict(options)
-    if image.split(":")[0] not in shell.state["images"]:
+    if image.split(":")[0] not in shell.state["images"] or not _image_ready(shell, image.split(":")[0]):
+        if names.get("--pull") == "never":
+            shell.warn(f"docker: Error response from daemon: No such image: {image}:latest.\n\n"
+                       "Run 'docker run --help' for more information")
+            return 125
         if image.split(":")[0] in ("jupyter-mlflow",) or "/" not in image:
             shell.warn(f"Unable to find image '{image}:latest' locally\ndocker: Error response from daemon: pull access "
                        f"denied for {image}, repository does not exist or may require 'docker login': denied: requested "
@@ -1183,6 +1275,9 @@ def docker_run(shell: Shell, match: re.Match) -> int:
     ident = secrets.token_hex(32)
     containers[name] = {"name": name, "id": ident, "image": image, "mounts": mounts, "env": env,
                         "workdir": shell.state["images"][image.split(":")[0]]["workdir"], "published": published,
+                        "root_dir": shell.state["images"][image.split(":")[0]]["root_dir"],
+                        # Docker's GPU flags gave it the host's GPUs (checked against the host above).
+                        "gpus": any(o == "--gpus" or (o == "--device" and v == "/dev/kfd") for o, v in options),
                         "token": secrets.token_hex(24), "processes": [], "started": time.time()}
     shell.say(ident)
     return 0
@@ -1237,9 +1332,20 @@ def docker_exec(shell: Shell, match: re.Match) -> int:
             return 1
         workdir = dict(options).get("-w") or dict(options).get("--workdir") or container["workdir"]
         extra_env = dict(value.partition("=")[::2] for option, value in options if option in ("-e", "--env"))
-    if command == ["jupyter", "server", "list"]:
+    if command[:3] == ["jupyter", "server", "list"] and command[3:] in ([], ["--json"]):
+        # A server lists itself only once it has started, seconds after `docker run -d`; it names the
+        # container's host name (its id), which nobody outside the container can use.
+        up = time.time() - container["started"] >= shell.node.world.jupyter_start_seconds
+        url = f"http://{container['id'][:12]}:8888/"
+        if command[3:] == ["--json"]:
+            if up:
+                shell.say(json.dumps({"base_url": "/", "hostname": "0.0.0.0", "password": False, "pid": 7,
+                                      "port": 8888, "root_dir": container["root_dir"], "secure": False, "sock": "",
+                                      "token": container["token"], "url": url, "version": "2.16.0"}))
+            return 0
         shell.say("Currently running servers:")
-        shell.say(f"http://{shell.node.address}:8888/?token={container['token']} :: {container['workdir']}")
+        if up:
+            shell.say(f"{url}?token={container['token']} :: {container['root_dir']}")
         return 0
     if command[0] == "papermill":
         return _papermill(shell, container, workdir, {**container["env"], **extra_env}, command[1:])
@@ -1335,8 +1441,14 @@ def _papermill(shell: Shell, container: dict, workdir: str, container_env: dict,
         else:
             env[key] = value
     env = guard.environment(env)
+    twin = dict(TWIN_NOTEBOOK_PARAMETERS)
+    if container.get("gpus"):
+        # The container has the host's GPUs, but PyTorch here runs on a machine without any: the notebook
+        # expects what it can see. Without Docker's GPU flags the notebook's own count stands, and its
+        # check stops the run as on a real node.
+        twin["expected_gpus"] = 0
     spec = {"input": positional[0], "output": positional[1], "parameters": parameters,
-            "twin": TWIN_NOTEBOOK_PARAMETERS, "kernel": kernel, "progress_bar": progress, "log_output": log_output}
+            "twin": twin, "kernel": kernel, "progress_bar": progress, "log_output": log_output}
     process = node.spawn([sys.executable, "-c", PAPERMILL_SCRIPT, json.dumps(spec)], cwd=str(cwd), env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
     with node.lock:

@@ -42,6 +42,11 @@ class World:
     port: int  # the port every service but Keystone-on-5000 answers on
     speed: float = 1.0
     end_speed: float | None = None  # None: as `speed`
+    # How long a node's background work takes here: the Jupyter image build (minutes on a real node:
+    # its base is gigabytes), and the Jupyter server's start in its container (seconds). Never zero,
+    # so that what waits for them is tested.
+    image_build_seconds: float = 3.0
+    jupyter_start_seconds: float = 1.5
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     data: dict = field(default_factory=dict)
     faults: dict = field(default_factory=dict)  # name -> remaining count (or detail)
