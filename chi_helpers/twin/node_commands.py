@@ -823,6 +823,11 @@ def grep(shell: Shell, match: re.Match) -> int:
     return 0 if lines else 1
 
 
+@answers("grep a word", rf"grep (?P<pattern>[\w=]+) (?P<path>{WORD})")
+def grep_word(shell: Shell, match: re.Match) -> int:
+    return grep(shell, match)
+
+
 def _matching_lines(path: Path, pattern: str) -> list[str]:
     """grep -E's lines (Python's regular expressions agree with ERE on the patterns the helpers send)."""
     return [line for line in path.read_text(errors="replace").splitlines() if re.search(pattern, line)]

@@ -573,3 +573,36 @@ def test_notebook_02_finds_the_lease_as_01_and_release_do():
     # python-chi's get_lease(name) fails when an ended lease shares today's name (tests/twin/test_findings.py).
     source = (REPO_ROOT / "notebooks" / "source" / "02_server.md").read_text()
     assert "lease.get_lease(lease_name)" not in source and "reservation.existing_lease(lease_name)" in source
+
+
+def test_the_commands_a_student_is_told_to_type_work_as_typed(node, tmp_path):
+    """Notebook 04 prints commands for a terminal on the hub: each names the key python-chi made the server
+    with and the node's address, and quotes what runs there, so `~` is the node's home. Run here through
+    bash and OpenSSH's own client, against the node."""
+    set_up(node, tmp_path)
+    node.run(node_stack.tracking_up_commands(node.address)[0])  # the env file, as 04 writes it
+    home = tmp_path / "hub-home"
+    (home / ".ssh").mkdir(parents=True)
+    # The first connection to a new host asks to confirm its key; a person answers yes once.
+    (home / ".ssh" / "config").write_text("Host *\n  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n"
+                                          "  BatchMode yes\n  LogLevel ERROR\n")
+    # OpenSSH reads the config of the passwd entry's home, not $HOME: a shim on PATH hands it this one.
+    (home / "bin").mkdir()
+    (home / "bin" / "ssh").write_text(f'#!/bin/sh\nexec /usr/bin/ssh -F {home / ".ssh" / "config"} "$@"\n')
+    (home / "bin" / "ssh").chmod(0o755)
+    key = tmp_path / "id_rsa"  # a copy: OpenSSH refuses a key others may read
+    key.write_bytes(Path(node.key).read_bytes())
+    key.chmod(0o600)
+    env = {"HOME": str(home), "PATH": f"{home / 'bin'}:/usr/bin:/bin"}
+
+    def typed(command: str) -> str:
+        done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, env=env, timeout=60)
+        assert done.returncode == 0, (command, done.stderr)
+        return done.stdout
+
+    values = credentials.read(node.home("mlflow-stack.env"))
+    password = typed(node_stack.password_command(node.address, str(key)))
+    assert password.strip() == f"MLFLOW_TRACKING_PASSWORD={values['MLFLOW_TRACKING_PASSWORD']}"
+    console = typed(node_stack.console_login_command(node.address, str(key)))
+    assert "object store console user:" in console and values["MINIO_ROOT_USER"] in console
+    assert f"-i {key} " in node_stack.ssh_tunnel(node.address, str(key))
