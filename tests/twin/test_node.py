@@ -606,3 +606,23 @@ def test_the_commands_a_student_is_told_to_type_work_as_typed(node, tmp_path):
     console = typed(node_stack.console_login_command(node.address, str(key)))
     assert "object store console user:" in console and values["MINIO_ROOT_USER"] in console
     assert f"-i {key} " in node_stack.ssh_tunnel(node.address, str(key))
+
+
+def test_a_container_without_the_gpu_flags_stops_the_training_notebook_at_once(twin, node, tmp_path, monkeypatch):
+    """Without `--gpus all` PyTorch in the container sees no GPU, and a training would run on the CPU for hours:
+    05 stops at its GPU check, naming the flags."""
+    from chi_helpers.chameleon.run import run_node_notebook
+
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    server, out = FabricServer(node), tmp_path / "out"
+    out.mkdir()
+    set_up(node, tmp_path)
+    for command in [*node_stack.data_commands(), *node_stack.tracking_up_commands(node.address)]:
+        node.run(command)
+    node_wait.wait_for_image(server, 1, poll_seconds=0.5)
+    without_gpus = node_stack.jupyter_run_command(VARIANTS["nvidia"], node.address).replace(" --gpus all", "")
+    assert node.run(without_gpus).exited == 0
+    result = run_node_notebook(server, "nvidia", "05_track_pytorch.ipynb", out)
+    assert result.status == "failed" and "sees 0 GPU(s), not 2" in result.error and "--gpus all" in result.error
+    cells = nbformat.read(out / "05_track_pytorch.ipynb", 4).cells
+    assert not any("train.py" in "".join(cell.source) for cell in cells if cell.get("execution_count"))  # nothing trained
