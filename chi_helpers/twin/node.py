@@ -435,6 +435,15 @@ class NodeServer(paramiko.ServerInterface):
     def check_port_forward_request(self, address, port):
         return False
 
+    def check_channel_direct_tcpip_request(self, chanid, origin, destination):
+        # `ssh -L`: Ubuntu's sshd allows it (AllowTcpForwarding yes). The node's loopback is where its
+        # own services listen in the twin's copy, its address; nothing else is reached from here.
+        host, port = destination
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            return paramiko.OPEN_FAILED_ADMINISTRATIVELY_PROHIBITED
+        self.listener.forwards[chanid] = (self.node.address, port)
+        return paramiko.OPEN_SUCCEEDED
+
 
 class Listener:
     """An SSH server on one (address, 22), for one node."""
@@ -448,6 +457,7 @@ class Listener:
         self._transports: set[paramiko.Transport] = set()
         self._threads: set[threading.Thread] = set()
         self._barrier = threading.Lock()
+        self.forwards: dict[int, tuple[str, int]] = {}  # channel id -> where an `ssh -L` channel leads
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -512,6 +522,41 @@ class Listener:
             transport.start_server(server=NodeServer(self, peer))
         except (paramiko.SSHException, EOFError, OSError):
             transport.close()
+            return
+        # Channels the client opens land in the transport's queue: sessions are served by the exec
+        # callback already; a forwarded one is joined to a connection on the node.
+        while transport.is_active() and not self._stopping.is_set():
+            channel = transport.accept(timeout=0.5)
+            if channel is not None and channel.get_id() in self.forwards:
+                self._start(self._forward, channel, self.forwards.pop(channel.get_id()), name="twin-ssh-forward")
+
+    @staticmethod
+    def _forward(channel: paramiko.Channel, destination: tuple[str, int]) -> None:
+        try:
+            target = socket.create_connection(destination, timeout=10)
+        except OSError:
+            channel.close()  # sshd: "connect failed: Connection refused", and the channel closes
+            return
+        try:
+            while True:
+                readable, _, _ = select.select([channel, target], [], [], 1.0)
+                if channel in readable:
+                    data = channel.recv(65536)
+                    if not data:
+                        break
+                    target.sendall(data)
+                if target in readable:
+                    data = target.recv(65536)
+                    if not data:
+                        break
+                    channel.sendall(data)
+                if channel.closed:
+                    break
+        except (OSError, EOFError, paramiko.SSHException):
+            pass
+        finally:
+            target.close()
+            channel.close()
 
     def execute(self, channel: paramiko.Channel, command: str, peer: str) -> None:
         self._start(self._run, channel, command, peer, name=f"twin-node-{self.node.name}-command")

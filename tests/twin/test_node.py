@@ -580,7 +580,8 @@ def test_the_commands_a_student_is_told_to_type_work_as_typed(node, tmp_path):
     with and the node's address, and quotes what runs there, so `~` is the node's home. Run here through
     bash and OpenSSH's own client, against the node."""
     set_up(node, tmp_path)
-    node.run(node_stack.tracking_up_commands(node.address)[0])  # the env file, as 04 writes it
+    for command in node_stack.tracking_up_commands(node.address)[:2]:  # the env file and the stack, as 04 runs them
+        node.run(command)
     home = tmp_path / "hub-home"
     (home / ".ssh").mkdir(parents=True)
     # The first connection to a new host asks to confirm its key; a person answers yes once.
@@ -605,7 +606,33 @@ def test_the_commands_a_student_is_told_to_type_work_as_typed(node, tmp_path):
     assert password.strip() == f"MLFLOW_TRACKING_PASSWORD={values['MLFLOW_TRACKING_PASSWORD']}"
     console = typed(node_stack.console_login_command(node.address, str(key)))
     assert "object store console user:" in console and values["MINIO_ROOT_USER"] in console
-    assert f"-i {key} " in node_stack.ssh_tunnel(node.address, str(key))
+    # The tunnel, as printed but for the ports on this side (free ones here, not the 8000 the suite's other
+    # stacks may hold): MLflow's health page through it, from this machine's localhost.
+    tunnel = node_stack.ssh_tunnel(node.address, str(key))
+    free = {port: _free_port() for port in (9001, 8000, 8888)}
+    for port, local in free.items():
+        tunnel = tunnel.replace(f"-L {port}:127.0.0.1:{port}", f"-L {local}:127.0.0.1:{port}")
+    assert tunnel.count("-L ") == 3 and all(f"-L {local}:" in tunnel for local in free.values())
+    process = subprocess.Popen(["bash", "-c", f"exec {tunnel}"], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{free[8000]}/health", timeout=5) as answer:
+                    assert answer.read() == b"OK"
+                break
+            except (OSError, urllib.error.URLError):
+                assert process.poll() is None and time.monotonic() < deadline, process.stderr.read()
+                time.sleep(0.3)
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def test_a_container_without_the_gpu_flags_stops_the_training_notebook_at_once(twin, node, tmp_path, monkeypatch):
