@@ -79,3 +79,21 @@ def test_a_failing_install_says_what_pip_said(tmp_path):
             "except kernel_setup.SetupError as e:\n    print('SETUP-ERROR', e)\n") % str(REPO)
     done = subprocess.run([str(venv / "bin" / "python"), "-c", code], capture_output=True, text=True, timeout=120)
     assert "SETUP-ERROR pip could not install no-such-package-chi-series==0.0.1" in done.stdout
+
+
+@pytest.mark.parametrize("absent", [["torch"], ["torchvision"], ["torch", "torchvision"]])
+def test_the_node_setup_cell_never_installs_pypis_torch_over_a_vendor_build(monkeypatch, absent):
+    """On the node, PyTorch comes with the Jupyter image, built for its GPUs (ROCm's is not PyPI's): a kernel
+    without it is the wrong kernel, and the cell says so instead of installing PyPI's build."""
+    for name in absent:
+        monkeypatch.setitem(sys.modules, name, None)  # find_spec then finds nothing, as in a kernel without it
+    installed = []
+    monkeypatch.setattr(kernel_setup, "install", lambda requirements, say=print: installed.append(requirements))
+    with pytest.raises(kernel_setup.SetupError, match="jupyter-mlflow container"):
+        kernel_setup.prepare("chameleon", side="node", say=lambda _: None)
+    assert installed == []
+    # The local target has no vendor build to protect: there the cell installs what is missing (and, the
+    # install being a stand-in here, finds it still missing afterwards).
+    with pytest.raises(kernel_setup.SetupError, match="still cannot be imported"):
+        kernel_setup.prepare("local", side="node", say=lambda _: None)
+    assert installed and all(r.startswith(tuple(absent)) for r in installed[0])
