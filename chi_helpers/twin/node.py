@@ -149,6 +149,7 @@ class Node:
         self.processes: list[subprocess.Popen] = []
         self._record_lock = threading.Lock()
         self.gone = False  # its server was deleted
+        self.booted = time.monotonic()
         for folder in (self.home, self.root / "tmp"):
             folder.mkdir(parents=True, exist_ok=True)
         self._root_real = os.path.realpath(self.root)

@@ -329,11 +329,34 @@ def clone(shell: Shell, match: re.Match) -> int:
 
 # --- Docker and the GPUs' software ---------------------------------------------------------------
 
+LOCK = "/var/lib/dpkg/lock-frontend"
+
+
+def _apt_lock(shell: Shell) -> int:
+    """0 once apt may run. Right after boot unattended-upgrades holds the lock: apt fails at once unless
+    its configuration sets DPkg::Lock::Timeout, then it waits (apt-pkg's own behaviour)."""
+    left = shell.node.world.apt_lock_seconds - (time.monotonic() - shell.node.booted)
+    if left <= 0:
+        return 0
+    held = f"Could not get lock {LOCK}. It is held by process 1842 (unattended-upgr)"
+    conf = shell.path("/etc/apt/apt.conf.d")
+    timeout = re.search(r'DPkg::Lock::Timeout "(\d+)"', "".join(f.read_text() for f in conf.glob("*")) if conf.is_dir() else "")
+    if not timeout or int(timeout[1]) < left:
+        shell.warn(f"E: {held}\nN: Be aware that removing the lock file is not a solution and may break your system.\n"
+                   f"E: Unable to acquire the dpkg frontend lock ({LOCK}), is another process using it?")
+        return 100
+    shell.warn(f"Waiting for cache lock: {held}... {left:.0f}s")
+    time.sleep(left)
+    return 0
+
+
 @answers("install Docker", r"command -v docker >/dev/null \|\| curl -f?sSL https://get\.docker\.com/? \| sudo sh")
 def install_docker(shell: Shell, match: re.Match) -> int:
     if shell.state["docker"]:
         return 0
     shell.say("# Executing docker install script, commit: bedc5d6b3e782a5e50d3d2a870f5e1f1b5a38d5c")
+    if _apt_lock(shell):
+        return 100  # the script stops at its first apt-get
     for line in ("apt-get -qq update >/dev/null",
                  "DEBIAN_FRONTEND=noninteractive apt-get -y -qq install ca-certificates curl >/dev/null",
                  "install -m 0755 -d /etc/apt/keyrings",
@@ -407,6 +430,8 @@ def _nvidia_source(shell: Shell) -> tuple[bool, bool]:
 
 @answers("apt-get install", r"sudo apt-get update -q && sudo apt-get install -yq (?P<packages>[\w.+:~-]+(?: [\w.+:~-]+)*)")
 def apt_install(shell: Shell, match: re.Match) -> int:
+    if _apt_lock(shell):
+        return 100
     listed, signed = _nvidia_source(shell)
     mirrors = ["http://nova.clouds.archive.ubuntu.com/ubuntu noble InRelease",
                "http://nova.clouds.archive.ubuntu.com/ubuntu noble-updates InRelease",

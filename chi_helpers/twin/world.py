@@ -47,6 +47,8 @@ class World:
     # so that what waits for them is tested.
     image_build_seconds: float = 3.0
     jupyter_start_seconds: float = 1.5
+    # A fresh Ubuntu 24.04 runs unattended-upgrades after boot, which holds apt's lock (minutes there).
+    apt_lock_seconds: float = 2.0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     data: dict = field(default_factory=dict)
     faults: dict = field(default_factory=dict)  # name -> remaining count (or detail)

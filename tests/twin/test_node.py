@@ -653,3 +653,20 @@ def test_a_container_without_the_gpu_flags_stops_the_training_notebook_at_once(t
     assert result.status == "failed" and "sees 0 GPU(s), not 2" in result.error and "--gpus all" in result.error
     cells = nbformat.read(out / "05_track_pytorch.ipynb", 4).cells
     assert not any("train.py" in "".join(cell.source) for cell in cells if cell.get("execution_count"))  # nothing trained
+
+
+def test_apt_right_after_boot_waits_for_the_lock_only_when_told(twin, nodes):
+    """unattended-upgrades holds apt's lock after boot: apt fails at once, unless DPkg::Lock::Timeout is set,
+    which the setup's first step does."""
+    twin.world.apt_lock_seconds = 30
+    fresh = Node(twin, nodes)
+    install = "sudo apt-get update -q && sudo apt-get install -yq jq"
+    refused = fresh.run(install, warn=True)
+    assert refused.exited == 100 and "Could not get lock /var/lib/dpkg/lock-frontend" in refused.stderr
+    twin.world.apt_lock_seconds = 3
+    fresh.node.booted = time.monotonic()
+    steps = node_setup.steps(VARIANTS["nvidia"])
+    lock_step = next(step for step in steps if "DPkg::Lock::Timeout" in step.command)
+    fresh.run(lock_step.command)
+    waited = fresh.run(install)
+    assert waited.exited == 0 and "Waiting for cache lock" in waited.stderr
