@@ -24,9 +24,8 @@ from pathlib import Path
 
 from chi_helpers.chameleon import openstack_rc
 
-RC_HELP = ("download an application-credential RC file from the site's dashboard (Identity > Application "
-           "Credentials) and set rc_file = '<its path>' in the parameters cell (or export its OS_* variables "
-           "before starting Jupyter)")
+RC_HELP = (openstack_rc.CREDENTIAL_HELP + " and set rc_file = '<its path>' in the parameters cell (or export its "
+           "OS_* variables before starting Jupyter)")
 
 
 class LoginError(RuntimeError):

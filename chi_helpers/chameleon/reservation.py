@@ -4,18 +4,28 @@ A lease is a block of `hours` that starts on the hour and ends ten minutes befor
 UTC. Either the next such block, or the first one the host is free for, found from its
 allocations in Blazar. `submit` is idempotent by lease name, and refuses a lease of that name
 that reserves another host.
+
+When Blazar refuses a lease, python-chi 1.2.10 logs Blazar's words and raises only "Unable to make
+lease" (chi/lease.py create_lease). `explain_refusals`, around python-chi's `Lease.submit`, reads
+that log record and says what the refusal means and what to do.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import logging
+import re
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
 from chi_helpers import parameters
 from chi_helpers.variants import Variant
 
 GAP = timedelta(minutes=10)  # a lease ends this long before the hour another may start on
+UNRESTRICTED_HELP = ('make an application credential with "Unrestricted" ticked (the site\'s dashboard: '
+                     "Identity > Application Credentials > Create Application Credential), download its RC file "
+                     "and use that one")
 
 
 class ReservationError(RuntimeError):
@@ -209,19 +219,196 @@ def submit(profile: Variant, lease_name: str, node_name: str | None, start: date
         lease.add_flavor_reservation(name=profile.node_type, amount=1)
     # Not idempotent=True: python-chi would look the name up with get_lease, which fails when an old
     # lease has the same name; existing_lease above has already looked, the way Blazar allows.
-    from chi.exception import ResourceError
-
-    try:
+    with explain_refusals(profile, lease_name, node_name, start, end):
         lease.submit(idempotent=False, wait_for_active=False)
-    except ResourceError:  # python-chi logs Blazar's reason and raises "Unable to make lease"
-        what = f"{node_name} is not free" if profile.reservation == "node" else f"no {profile.node_type} is free"
-        raise ReservationError(
-            f"Blazar would not make lease {lease_name!r}: {what} from {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC "
-            "(someone else has it then, or it is under maintenance). Reserve its first free block instead: "
-            'start, end = reservation.choose_window(profile, node_name, when="free"), or another host.'
-        ) from None
     print(f"made lease {lease_name!r}: " + describe(lease))
     return lease
+
+
+# --- Blazar's refusals ---------------------------------------------------------------------------
+
+# What Chameleon's Blazar says, lower-cased as python-chi logs it, by what it means. Sources:
+# blazar/manager/exceptions.py (too few resources: 500), blazar/api/v1/utils.py (any other failure,
+# such as Keystone refusing the trust a lease needs to a restricted application credential: 500
+# "Internal Server Error"), blazar/enforcement/filters/max_lease_duration_filter.py, and the
+# portal's balance service behind ExternalServiceFilter (ChameleonCloud/portal
+# balance_service/enforcement/: the project's and the user's SUs, the allocation's end).
+REFUSALS = [
+    ("taken", re.compile(r"not enough (hosts|resources) available|not enough unreserved")),
+    ("credential", re.compile(r"internal server error")),
+    ("too-long", re.compile(r"lease duration of (?P<duration>[\d.]+) seconds must be less than or equal to the "
+                            r"maximum lease duration of (?P<limit>[\d.]+) seconds")),
+    ("past", re.compile(r"start date must be later than current date")),
+    ("user-budget", re.compile(r"reservation for user (?P<user>\S+) would spend (?P<need>[\d.]+) sus, "
+                               r"only (?P<left>-?[\d.]+) left in user budget")),
+    ("allocation", re.compile(r"reservation for project (?P<project>\S+) would spend (?P<need>[\d.]+) sus, "
+                              r"only (?P<left>-?[\d.]+) left")),
+    ("allocation-ends", re.compile(r"cannot create a lease beyond chameleon project expiration date")),
+    ("allocation-check", re.compile(r"external service enforcement filter denied the request")),
+]
+
+
+@dataclass(frozen=True)
+class Refusal:
+    kind: str  # one of REFUSALS' kinds, "other" (words not known here) or "unknown" (no words)
+    said: str | None = None  # Blazar's words as python-chi logged them
+    details: dict = field(default_factory=dict)  # the numbers and names in them
+
+
+def read_refusal(logged: str | None) -> Refusal:
+    """What python-chi's logged message of a refused lease means."""
+    if not logged:
+        return Refusal("unknown")
+    for kind, pattern in REFUSALS:
+        found = pattern.search(logged.lower())
+        if found:
+            return Refusal(kind, logged, found.groupdict())
+    return Refusal("other", logged)
+
+
+class _BlazarWords(logging.Handler):
+    """Keeps the last error python-chi's lease module logs."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.last: str | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.last = record.getMessage()
+
+
+@contextmanager
+def explain_refusals(profile: Variant, lease_name: str, node_name: str | None, start: datetime, end: datetime):
+    """Around python-chi's `Lease.submit`: its "Unable to make lease" becomes a ReservationError that
+    says why Blazar refused and what to do."""
+    from chi.exception import ResourceError
+
+    words = _BlazarWords()
+    logger = logging.getLogger("chi.lease")
+    logger.addHandler(words)
+    try:
+        yield
+    except ResourceError:
+        refusal = read_refusal(words.last)
+        raise ReservationError(explain(refusal, profile, lease_name, node_name, start, end)) from None
+    finally:
+        logger.removeHandler(words)
+
+
+def explain(refusal: Refusal, profile: Variant, lease_name: str, node_name: str | None, start: datetime,
+            end: datetime) -> str:
+    """A refusal in a sentence or two: what it means and what to do. Asks Blazar for the host's calendar
+    (a taken host) or Keystone for the credential (a 500) where that makes the answer exact."""
+    head = f"Blazar would not make lease {lease_name!r}: "
+    words = refusal.said or ""
+    words = words if len(words) <= 160 else words[:157] + "..."  # a refused query is long; its start says enough
+    said = f' (Blazar: "{words}")' if words else ""
+    explainer = _EXPLAINERS.get(refusal.kind)
+    if explainer is None:
+        if refusal.kind == "unknown":
+            return head + ("python-chi gave no reason (nothing was logged). Run the cell again; if it fails the same "
+                           "way, look for the lease on the dashboard (Reservations > Leases).")
+        return head + f"{refusal.said}. That refusal is not one this series knows; the message is Blazar's own."
+    return head + explainer(refusal, profile, node_name, start, end) + said
+
+
+def _span(start: datetime, end: datetime) -> str:
+    return f"from {start:%Y-%m-%d %H:%M} to {end:%H:%M} UTC"
+
+
+def _taken(refusal, profile, node_name, start, end) -> str:
+    if profile.reservation != "node":
+        # choose_window(when="free") has no calendar for a flavor (Blazar shows none): it would
+        # answer the same block again, so a later block is asked for by hand.
+        return (f"Chameleon has no {profile.node_type} left to reserve {_span(start, end)}. Reserve a later block: "
+                "run `start += timedelta(hours=3); end += timedelta(hours=3)` after the cell under 'The time block', "
+                "then this cell again, or try again later; the dashboard's Reservations page shows what is free.")
+    hours = round((end - start + GAP) / timedelta(hours=1))
+    first = free_window(host_allocations(find_host(node_name, profile)), hours, earliest=start)
+    if first[0] == start:  # the calendar shows no lease then, yet Blazar has no host
+        return (f"Blazar has no free {node_name} {_span(start, end)}, though its calendar shows no lease then: it "
+                f"may be under maintenance or not reservable now. Set node_name to another {profile.node_type} "
+                "host, or try a later block.")
+    return (f"{node_name} is taken {_span(start, end)} (reserved after the calendar check, or under maintenance). "
+            f"Its first free block is {first[0]:%Y-%m-%d %H:%M} to {first[1]:%H:%M} UTC: set when = \"free\" and "
+            f"run the calendar check and this cell again to reserve that one, or set node_name to another "
+            f"{profile.node_type} host.")
+
+
+def _application_credential() -> dict | None:
+    """The application credential python-chi signed in with (`id`, `name`, `restricted`), if any."""
+    from chi import context
+    from keystoneauth1 import exceptions
+
+    try:
+        session = context.session()
+        session = getattr(session, "session", session)  # python-chi hands out a keystoneauth Adapter
+        return session.auth.get_access(session).application_credential  # the token it holds
+    except (KeyError, AttributeError, exceptions.ClientException):
+        return None  # another sign-in (the hub's, a password), or none to ask about
+
+
+def _credential(refusal, profile, node_name, start, end) -> str:
+    credential = _application_credential()
+    blazar_500 = ("Blazar answered 500 Internal Server Error. Blazar makes a Keystone trust with your sign-in to "
+                  "make a lease, and Keystone refuses that trust to a restricted application credential")
+    if credential and credential.get("restricted"):
+        return (f"{blazar_500}: your application credential {credential.get('name')!r} is restricted. To fix it, "
+                f"{UNRESTRICTED_HELP}.")
+    if credential:
+        return (f"{blazar_500}, but your application credential {credential.get('name')!r} is unrestricted. Keystone "
+                "2025.1 and later (since CVE-2026-43000) refuse trusts to every application credential unless the "
+                "site allows it: sign in with your Chameleon account instead (the hub's Jupyter does), and if that "
+                "fails too, ask Chameleon's help desk with the time it happened.")
+    return (f"{blazar_500}; you did not sign in with one, so Blazar failed for another reason. Run the cell again "
+            "in a few minutes; if it fails the same way, ask Chameleon's help desk with the time it happened.")
+
+
+def _too_long(refusal, profile, node_name, start, end) -> str:
+    limit = float(refusal.details["limit"]) / 3600
+    span = end - start
+    hours, minutes = divmod(int(span.total_seconds()) // 60, 60)
+    return (f"it lasts {hours} h {minutes} min, and Chameleon allows at most {limit:.0f} hours ({limit / 24:.0f} "
+            f"days) a lease. Set hours = {limit:.0f} or fewer in the parameters cell, and choose the block again.")
+
+
+def _past(refusal, profile, node_name, start, end) -> str:
+    return (f"its start, {start:%Y-%m-%d %H:%M} UTC, is already past: the hour turned between the cell that chose "
+            "the block and this one. Run the cell under 'The time block' again (it takes the next full hour), then "
+            "the checks and this cell.")
+
+
+def _allocation(refusal, profile, node_name, start, end) -> str:
+    need, left = float(refusal.details["need"]), float(refusal.details["left"])
+    project = refusal.details["project"].upper()
+    if left <= 0:
+        return (f"your project {project} has no Service Units (SUs) left (the lease needs {need:.2f}): its allocation "
+                "has ended, is used up, or was never made. Your project's PI renews or recharges it on "
+                "chameleoncloud.org (the project's page); reserve again once it is active.")
+    return (f"the lease needs {need:.2f} SUs and project {project} has only {left:.2f} left. Set fewer hours, or "
+            "ask your project's PI to recharge the allocation on chameleoncloud.org.")
+
+
+def _user_budget(refusal, profile, node_name, start, end) -> str:
+    return (f"the lease needs {float(refusal.details['need']):.2f} SUs and your own budget in this project has "
+            f"only {float(refusal.details['left']):.2f} left (your project's PI sets it). Set fewer hours, or ask "
+            "the PI to raise your budget.")
+
+
+def _allocation_ends(refusal, profile, node_name, start, end) -> str:
+    return ("the lease would end after your project's allocation expires. End it earlier (fewer hours, or an "
+            "earlier block), or ask your project's PI to renew the allocation on chameleoncloud.org.")
+
+
+def _allocation_check(refusal, profile, node_name, start, end) -> str:
+    return ("Chameleon's allocation check refused the lease without saying why. Check your project's allocation "
+            "on chameleoncloud.org (is it active, with SUs left?), then reserve again.")
+
+
+_EXPLAINERS = {
+    "taken": _taken, "credential": _credential, "too-long": _too_long, "past": _past, "allocation": _allocation,
+    "user-budget": _user_budget, "allocation-ends": _allocation_ends, "allocation-check": _allocation_check,
+}
 
 
 def choose_window(profile: Variant, node_name: str | None, hours: int = 3, when: str = "next",

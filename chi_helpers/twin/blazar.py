@@ -12,8 +12,17 @@ not from what the series' helpers expect. What it does as Blazar does:
   pending -> active -> deleted). Dates are answered as "YYYY-MM-DDTHH:MM:SS.ffffff",
   `created_at` as "YYYY-MM-DD HH:MM:SS".
 - Errors are `{"error_code": <http status>, "error_message": ..., "error_name": <http status>}`
-  (blazarclient shows "ERROR: <error_message>"). "Not enough hosts available" is an HTTP 500, as
-  every Blazar error without its own code is; bad dates and parameters are 400.
+  (blazarclient shows "ERROR: <error_message>"). Too few free hosts is an HTTP 500, as every Blazar
+  error without its own code is: "Not enough resources available with query {...}" when a lease is
+  made (Chameleon's fork shows the query it tried: `display_default_resource_properties`, on by
+  default), "Not enough hosts available" when one is updated; bad dates and parameters are 400.
+- Making a lease, in the order Chameleon's Blazar checks (blazar/api/v1/leases/service.py,
+  blazar/manager/service.py create_lease): a Keystone trust made with the user's token (refused
+  for a restricted application credential: Blazar then answers 500 "Internal Server Error"); the
+  dates; the resources; then the enforcement filters chi-in-a-box enables: MaxLeaseDurationFilter
+  (more than 7 days: 403) and ExternalServiceFilter (the portal's allocation check: 400, faults
+  "no-allocation" and "allocation-used-up", since the twin keeps no accounts). A flavor with none
+  left to reserve is the fault "flavor-exhausted".
 - `physical:host` reservations pick `min`..`max` reservable hosts matching `resource_properties`
   (a JSON list such as `["==", "$node_name", "liqid01"]`, or `["and", [...], [...]]`) that have no
   allocation overlapping the lease, preferring hosts with no allocation at all.
@@ -40,12 +49,16 @@ import json
 import uuid
 from datetime import datetime, timedelta, timezone
 
+from . import keystone
 from .web import Fault, Reply, Request, Service, reply
 
 API_DATE = "%Y-%m-%d %H:%M"  # what clients send
 LEASE_DATE = "%Y-%m-%dT%H:%M:%S.%f"  # how Blazar answers a lease's dates
 STAMP = "%Y-%m-%d %H:%M:%S"  # created_at / updated_at
 BEFORE_END = timedelta(minutes=60)  # Blazar's default minutes_before_end_lease
+# chi-in-a-box kolla/defaults.yml blazar_default_max_lease_duration (MaxLeaseDurationFilter), 7 days
+MAX_LEASE_SECONDS = 7 * 24 * 3600
+DEFAULT_SU_FACTOR = 1.0  # the portal's balance_service/enforcement/usage_enforcement.py
 HOST_TYPE, FLAVOR_TYPE = "physical:host", "flavor:instance"
 SUPPORTED_TYPES = (HOST_TYPE, FLAVOR_TYPE)
 RESERVATION_SPEC = "aggregate_instance_extra_specs:reservation"
@@ -68,7 +81,24 @@ def _internal_error() -> BlazarFault:
 
 
 def _not_enough_hosts() -> BlazarFault:
+    # What a host plugin raises itself (updating a lease); making one gets _not_enough_resources.
     return BlazarFault(500, "Not enough hosts available")
+
+
+def _not_enough_resources(query: dict) -> BlazarFault:
+    # blazar/manager/service.py _allocation_candidates: NotEnoughResourcesDefaultProperties(params=str(res))
+    return BlazarFault(500, f"Not enough resources available with query {query}")
+
+
+def _query(item: dict, start: datetime, end: datetime, project: str, count: tuple[int, int] | None = None) -> dict:
+    """The reservation as Blazar's manager tried it: the request, its dates and project, and what
+    the host plugin's _check_params adds (count_range, before_end, on_start)."""
+    query = {**item, "start_date": start, "end_date": end, "project_id": project}
+    if count is not None:
+        query["count_range"] = f"{count[0]}-{count[1]}"
+        query.setdefault("before_end", "default")
+        query.setdefault("on_start", "default")
+    return query
 
 
 # --- time ---------------------------------------------------------------------------------------
@@ -277,7 +307,8 @@ def _int_param(values: dict, name: str) -> int:
         raise BlazarFault(400, f"Malformed parameter {name}") from None
 
 
-def _pick_hosts(world, values: dict, start: datetime, end: datetime, taken: set[str]) -> tuple[list[str], int, int]:
+def _pick_hosts(world, values: dict, start: datetime, end: datetime, taken: set[str],
+                project: str) -> tuple[list[str], int, int]:
     low, high = _int_param(values, "min"), _int_param(values, "max")
     if low <= 0 or high <= 0:
         raise BlazarFault(400, "Malformed parameter min and max (must be greater than or equal to 1)")
@@ -295,12 +326,11 @@ def _pick_hosts(world, values: dict, start: datetime, end: datetime, taken: set[
             never_allocated.append(host["id"])
         elif _free(world, host["id"], start, end):
             free.append(host["id"])
+    if len(free) + len(never_allocated) < low or world.take_fault("host-taken"):
+        raise _not_enough_resources(_query(values, start, end, project, (low, high)))
     if len(never_allocated) >= low:
         return never_allocated[:high], low, high
-    chosen = free + never_allocated
-    if len(chosen) < low:
-        raise _not_enough_hosts()
-    return chosen[:high], low, high
+    return (free + never_allocated)[:high], low, high
 
 
 # --- the service ---------------------------------------------------------------------------------
@@ -387,6 +417,7 @@ class Blazar(Service):
         values = request.json()
         if not isinstance(values, dict):
             raise BlazarFault(400, "Malformed parameter lease")
+        trust = self._trust(request, project)  # before anything else is read: blazar/utils/trusts.py use_trust_auth
         missing = sorted({"name", "start_date", "end_date"} - set(values))
         if missing:
             raise BlazarFault(400, f"Missing parameter {', '.join(missing)}")
@@ -413,9 +444,7 @@ class Blazar(Service):
                     "resource_type": item["resource_type"], "status": "pending", "missing_resources": False,
                     "resources_changed": False, "created_at": stamp, "updated_at": stamp}
             if item["resource_type"] == HOST_TYPE:
-                if self.world.take_fault("host-taken"):
-                    raise _not_enough_hosts()
-                host_ids, low, high = _pick_hosts(self.world, item, start, end, taken)
+                host_ids, low, high = _pick_hosts(self.world, item, start, end, taken, project)
                 taken.update(host_ids)
                 base.update({"hypervisor_properties": item.get("hypervisor_properties"),
                              "resource_properties": item.get("resource_properties"),
@@ -424,6 +453,8 @@ class Blazar(Service):
                              "_host_ids": host_ids})
             else:
                 flavor = self._reserved_flavor(item, reservation_id, project)
+                if self.world.take_fault("flavor-exhausted"):  # the twin counts no KVM capacity
+                    raise _not_enough_resources(_query(item, start, end, project))
                 new_flavors.append(flavor)
                 source = json.loads(flavor["_source"])
                 base.update({"vcpus": source["vcpus"], "memory_mb": source["ram"], "disk_gb": source["disk"],
@@ -431,6 +462,7 @@ class Blazar(Service):
                              "flavor_id": reservation_id, "aggregate_id": len(self.world.data["leases"]) + 100,
                              "server_group_id": None})
             reservations.append(base)
+        self._enforce(project, start, end, reservations)
 
         events = [self._event(lease_id, "start_lease", start, stamp), self._event(lease_id, "end_lease", end, stamp)]
         before_end = values.get("before_end_date")
@@ -445,7 +477,7 @@ class Blazar(Service):
         lease = {
             "created_at": stamp, "updated_at": stamp, "id": lease_id, "name": values["name"], "user_id": user,
             "project_id": project, "start_date": start.strftime(LEASE_DATE), "end_date": end.strftime(LEASE_DATE),
-            "trust_id": uuid.uuid4().hex, "status": "PENDING", "degraded": False,
+            "trust_id": trust["id"], "status": "PENDING", "degraded": False,
             "reservations": reservations, "events": events,
         }
         if self.world.take_fault("lease-error"):
@@ -461,6 +493,47 @@ class Blazar(Service):
         answer = public(lease)
         lease_status(self.world, lease)
         return reply(201, {"lease": answer})
+
+    def _trust(self, request: Request, project: str) -> dict:
+        """The trust Blazar makes with the user's token (blazar/utils/trusts.py create_trust). Keystone's
+        refusal is no Blazar exception, so Blazar answers its generic 500 (blazar/api/v1/utils.py)."""
+        token = request.token()
+        try:
+            return keystone.create_trust(self.world, token, keystone.BLAZAR_USER, project,
+                                         [role["name"] for role in token.get("roles", [])])
+        except Fault as refused:
+            self.world.record("blazar", f"lease refused: Keystone refused the trust ({refused.message})")
+            raise _internal_error() from None
+
+    def _enforce(self, project: str, start: datetime, end: datetime, reservations: list[dict]) -> None:
+        """The enforcement filters chi-in-a-box enables, in order (kolla/node_custom_config/blazar.conf)."""
+        duration = int((end - start).total_seconds())
+        if duration > MAX_LEASE_SECONDS:
+            # blazar/enforcement/filters/max_lease_duration_filter.py; create_lease re-raises its
+            # MaxLeaseDurationException as NotAuthorized, whose code is 403.
+            raise BlazarFault(403, f"Lease duration of {duration} seconds must be less than or equal to the "
+                                   f"maximum lease duration of {MAX_LEASE_SECONDS} seconds.")
+        short = "no-allocation" if self.world.take_fault("no-allocation") else (
+            "allocation-used-up" if self.world.take_fault("allocation-used-up") else None)
+        if short:
+            # ExternalServiceFilter passes on the portal's 403 message as a 400: ChameleonCloud/portal
+            # balance_service/enforcement/usage_enforcement.py check_usage_against_allocation (with no
+            # active allocation the balance is 0).
+            need = duration / 3600 * self._su_factor(reservations)
+            left = 0.0 if short == "no-allocation" else need / 3
+            name = self.world.data["projects"][project]["name"]  # the portal's charge code
+            raise BlazarFault(400, f"Reservation for project {name} would spend {need:.2f} SUs, only {left:.2f} left")
+
+    def _su_factor(self, reservations: list[dict]) -> float:
+        """SUs an hour: each host's su_factor, or the default per reserved flavor instance."""
+        total = 0.0
+        for item in reservations:
+            if item["resource_type"] == HOST_TYPE:
+                total += sum(float(self.world.data["hosts"][h].get("su_factor") or DEFAULT_SU_FACTOR)
+                             for h in item["_host_ids"])
+            else:
+                total += DEFAULT_SU_FACTOR * item["amount"]
+        return total
 
     @staticmethod
     def _event(lease_id: str, kind: str, moment: datetime, stamp: str) -> dict:
@@ -564,6 +637,7 @@ class Blazar(Service):
         for item in lease["reservations"]:
             item["status"] = "deleted"
         _release_flavors(self.world, lease)
+        self.world.data.get("trusts", {}).pop(lease["trust_id"], None)  # blazar/utils/trusts.py delete_trust
         del self.world.data["leases"][lease["id"]]
         self.world.record("blazar", f"lease {lease['name']} ({lease['id']}) deleted")
         return reply(200, {})  # Chameleon's fork: render(status=200); upstream Blazar answers 204

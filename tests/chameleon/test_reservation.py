@@ -70,3 +70,55 @@ def test_pending_says_when_it_starts():
                     "Come back then; nothing else to do now.")
     lease.status = "ACTIVE"
     assert "ACTIVE until 2026-11-24 19:50 UTC" in reservation.describe(lease)
+
+
+# --- Blazar's refusals, as python-chi logs them (lower-cased), read and explained ------------------
+
+START, END = t("2026-11-24 15:00"), t("2026-11-24 17:50")
+
+
+def explained(logged: str, profile=NVIDIA) -> str:
+    return reservation.explain(reservation.read_refusal(logged), profile, "mlflow_abc123", "liqid01", START, END)
+
+
+@pytest.mark.parametrize("logged,kind", [
+    ("error: not enough hosts available", "taken"),
+    ("error: not enough resources available with query {'resource_type': 'physical:host'}", "taken"),
+    ("there were not enough unreserved hosts to satisfy your request.", "taken"),  # python-chi's own words
+    ("error: internal server error", "credential"),
+    ("error: lease duration of 1209600 seconds must be less than or equal to the maximum lease duration of "
+     "604800 seconds.", "too-long"),
+    ("error: start date must be later than current date", "past"),
+    ("error: reservation for project chi-000000 would spend 2.83 sus, only 0.00 left", "allocation"),
+    ("error: reservation for user ada would spend 2.83 sus, only 1.00 left in user budget", "user-budget"),
+    ("error: cannot create a lease beyond chameleon project expiration date. please ask your pi to request an "
+     "allocation renewal. https://chameleoncloud.readthedocs.io/en/latest/user/project.html", "allocation-ends"),
+    ("error: external service enforcement filter denied the request.", "allocation-check"),
+    ("error: something new", "other"),
+    (None, "unknown"),
+])
+def test_each_refusal_is_read_as_its_kind(logged, kind):
+    assert reservation.read_refusal(logged).kind == kind
+
+
+def test_the_allocation_refusals_say_what_the_numbers_mean():
+    nothing = explained("error: reservation for project chi-000000 would spend 2.83 sus, only 0.00 left")
+    assert "CHI-000000 has no Service Units (SUs) left" in nothing and "needs 2.83" in nothing and "PI" in nothing
+    some = explained("error: reservation for project chi-000000 would spend 2.83 sus, only 1.20 left")
+    assert "needs 2.83 SUs" in some and "only 1.20 left" in some and "fewer hours" in some
+    budget = explained("error: reservation for user ada would spend 2.83 sus, only 1.00 left in user budget")
+    assert "your own budget" in budget and "only 1.00 left" in budget and "PI" in budget
+    ends = explained("error: cannot create a lease beyond chameleon project expiration date. please ask your pi")
+    assert "after your project's allocation expires" in ends and "renew" in ends
+
+
+def test_too_long_and_past_and_unknown_are_explained():
+    long = explained("error: lease duration of 1209600 seconds must be less than or equal to the maximum lease "
+                     "duration of 604800 seconds.")
+    assert "at most 168 hours (7 days)" in long and "hours = 168" in long
+    past = explained("error: start date must be later than current date")
+    assert "2026-11-24 15:00 UTC, is already past" in past and "time block" in past
+    other = explained("error: something new")
+    assert "Blazar would not make lease 'mlflow_abc123'" in other and "something new" in other
+    unknown = explained(None)
+    assert "gave no reason" in unknown

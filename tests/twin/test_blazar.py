@@ -120,17 +120,24 @@ def test_a_lease_for_a_taken_host_or_an_unknown_host_is_refused_as_blazar_does(c
     overlapping = node_lease("second", "liqid01", start + timedelta(hours=1), end + timedelta(hours=1))
     with pytest.raises(ResourceError):  # python-chi logs Blazar's message and raises its own
         overlapping.submit(wait_for_active=False)
-    assert "error: not enough hosts available" in caplog.text  # python-chi lower-cases it
+    # python-chi lower-cases it; Chameleon's Blazar shows the query it tried (display_default_resource_properties)
+    assert "error: not enough resources available with query {'resource_type': 'physical:host'" in caplog.text
 
     client = chi.lease.blazar().lease
-    args = create_args("second", (start + timedelta(hours=1)).strftime(FORMAT), end.strftime(FORMAT))
+    second_start = start + timedelta(hours=1)
+    args = create_args("second", second_start.strftime(FORMAT), end.strftime(FORMAT))
     with pytest.raises(BlazarClientException) as refused:
         client.create(**args)
-    assert refused.value.code == 500 and str(refused.value) == "ERROR: Not enough hosts available"
+    assert refused.value.code == 500
+    assert str(refused.value).startswith(
+        "ERROR: Not enough resources available with query {'resource_type': 'physical:host', 'resource_properties': "
+        f"'[\"==\", \"$node_name\", \"liqid01\"]', 'hypervisor_properties': '', 'min': 1, 'max': 1, "
+        f"'start_date': {second_start.replace(second=0, microsecond=0)!r}")
+    assert str(refused.value).endswith("'count_range': '1-1', 'before_end': 'default', 'on_start': 'default'}")
 
     with pytest.raises(BlazarClientException) as unknown:
         client.create(**create_args("third", start.strftime(FORMAT), end.strftime(FORMAT), node="nosuchnode"))
-    assert "Not enough hosts available" in str(unknown.value)
+    assert "Not enough resources available with query" in str(unknown.value)
 
     after = client.create(**create_args("after", end.strftime(FORMAT), (end + timedelta(hours=3)).strftime(FORMAT)))
     assert after["status"] == "PENDING"  # touching the first lease's end is not an overlap
@@ -269,7 +276,7 @@ def test_the_host_taken_fault_refuses_the_next_host_reservation_only(chi, twin):
     args = create_args("taken", (now + timedelta(hours=2)).strftime(FORMAT), (now + timedelta(hours=3)).strftime(FORMAT))
     with pytest.raises(BlazarClientException) as refused:
         client.create(**args)
-    assert "Not enough hosts available" in str(refused.value)
+    assert "Not enough resources available with query" in str(refused.value)
     assert client.create(**args)["status"] == "PENDING"
 
 

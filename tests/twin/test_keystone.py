@@ -59,3 +59,72 @@ def test_the_guard_refuses_a_public_address_before_sending():
         with pytest.raises(requests.ConnectionError) as error:
             requests.get(url, timeout=5)
         assert "network guard: refused a connection" in str(error.value)
+
+
+# --- application credentials: restricted unless asked (keystone/api/users.py, application_credential) ---
+
+
+def scoped_token(twin) -> tuple[str, dict]:
+    answer = token_request(twin, app_credential(twin))
+    return answer.headers["X-Subject-Token"], answer.json()["token"]
+
+
+def make_credential(twin, name: str, **fields) -> "requests.Response":
+    token, body = scoped_token(twin)
+    return requests.post(f"{twin.url}/v3/users/{body['user']['id']}/application_credentials",
+                         json={"application_credential": {"name": name, **fields}},
+                         headers={"X-Auth-Token": token}, timeout=5)
+
+
+def credential_token(twin, made: dict):
+    identity = {"methods": ["application_credential"],
+                "application_credential": {"id": made["id"], "secret": made["secret"]}}
+    return token_request(twin, identity)
+
+
+def trust_request(twin, token: str, trustor: str, project: str):
+    body = {"trust": {"trustor_user_id": trustor, "trustee_user_id": "blazar", "impersonation": True,
+                      "project_id": project, "roles": [{"name": "member"}]}}
+    return requests.post(f"{twin.url}/v3/OS-TRUST/trusts", json=body, headers={"X-Auth-Token": token}, timeout=5)
+
+
+def test_the_twins_own_rc_credential_is_unrestricted(twin):
+    # What the rehearsal signs in with: Chameleon's docs have it made with "unrestricted" ticked.
+    _, token = scoped_token(twin)
+    assert token["application_credential"]["restricted"] is False
+
+
+def test_a_new_application_credential_is_restricted_unless_asked(twin):
+    made = make_credential(twin, "from-the-dashboard")
+    assert made.status_code == 201
+    restricted = made.json()["application_credential"]
+    assert restricted["unrestricted"] is False and restricted["secret"]
+    assert restricted["project_id"] == scoped_token(twin)[1]["project"]["id"]
+    assert credential_token(twin, restricted).json()["token"]["application_credential"]["restricted"] is True
+
+    unrestricted = make_credential(twin, "ticked", unrestricted=True).json()["application_credential"]
+    assert unrestricted["unrestricted"] is True
+    assert credential_token(twin, unrestricted).json()["token"]["application_credential"]["restricted"] is False
+
+    again = make_credential(twin, "ticked")
+    assert again.status_code == 409 and "Duplicate entry found with name ticked" in again.json()["error"]["message"]
+
+
+def test_a_restricted_credential_may_make_neither_a_trust_nor_a_credential(twin):
+    restricted = make_credential(twin, "restricted").json()["application_credential"]
+    answer = credential_token(twin, restricted)
+    token, body = answer.headers["X-Subject-Token"], answer.json()["token"]
+
+    refused = trust_request(twin, token, body["user"]["id"], body["project"]["id"])
+    assert refused.status_code == 403
+    assert "Using method 'application_credential' is not allowed for managing trusts" in refused.json()["error"]["message"]
+    another = requests.post(f"{twin.url}/v3/users/{body['user']['id']}/application_credentials",
+                            json={"application_credential": {"name": "another"}}, headers={"X-Auth-Token": token},
+                            timeout=5)
+    assert another.status_code == 403 and "managing additional application credentials" in another.text
+
+    own_token, own = scoped_token(twin)  # the unrestricted one may
+    made = trust_request(twin, own_token, own["user"]["id"], own["project"]["id"])
+    assert made.status_code == 201 and made.json()["trust"]["trustee_user_id"] == "blazar"
+    wrong_trustor = trust_request(twin, own_token, "someone-else", own["project"]["id"])
+    assert wrong_trustor.status_code == 403 and "should match the trustor" in wrong_trustor.text
