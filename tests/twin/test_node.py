@@ -530,6 +530,16 @@ def test_the_jupyter_container_waits_for_the_image_build(twin, node, tmp_path, m
     assert node.run(node_stack.jupyter_run_command(VARIANTS["nvidia"], node.address)).exited == 0
 
 
+def test_a_build_still_running_past_the_limit_stops_the_wait_with_what_to_do(twin, node, tmp_path, monkeypatch):
+    monkeypatch.setattr("sys.stdin", open(os.devnull))
+    twin.world.image_build_seconds = 600
+    set_up(node, tmp_path)
+    with pytest.raises(node_wait.ImageNotReady) as stopped:
+        node_wait.wait_for_image(FabricServer(node), 0.02, poll_seconds=0.5, say=lambda _: None)
+    assert "still building after" in str(stopped.value) and "run this cell again to keep waiting" in str(stopped.value)
+    assert "load metadata for" in str(stopped.value)  # the end of the build's log so far
+
+
 def test_a_failed_image_build_stops_the_wait_with_its_log(node, tmp_path, monkeypatch):
     monkeypatch.setattr("sys.stdin", open(os.devnull))
     set_up(node, tmp_path)
