@@ -32,6 +32,10 @@ class ReservationError(RuntimeError):
     """A lease cannot be made or used; the message says why and what to do."""
 
 
+class NothingFree(ReservationError):
+    """Blazar found no host (or no machine of the flavor) free for the block: a later one may have."""
+
+
 def _blazar():
     # The Blazar client python-chi's lease module uses (one place to patch in the tests, as python-chi's own do).
     import chi.lease
@@ -290,7 +294,8 @@ def explain_refusals(profile: Variant, lease_name: str, node_name: str | None, s
         yield
     except ResourceError:
         refusal = read_refusal(words.last)
-        raise ReservationError(explain(refusal, profile, lease_name, node_name, start, end)) from None
+        kind = NothingFree if refusal.kind == "taken" else ReservationError
+        raise kind(explain(refusal, profile, lease_name, node_name, start, end)) from None
     finally:
         logger.removeHandler(words)
 
@@ -318,11 +323,11 @@ def _span(start: datetime, end: datetime) -> str:
 
 def _taken(refusal, profile, node_name, start, end) -> str:
     if profile.reservation != "node":
-        # choose_window(when="free") has no calendar for a flavor (Blazar shows none): it would
-        # answer the same block again, so a later block is asked for by hand.
-        return (f"Chameleon has no {profile.node_type} left to reserve {_span(start, end)}. Reserve a later block: "
-                "run `start += timedelta(hours=3); end += timedelta(hours=3)` after the cell under 'The time block', "
-                "then this cell again, or try again later; the dashboard's Reservations page shows what is free.")
+        # Blazar keeps no calendar of a flavor's machines: notebook 01 with when = "free" asks it for
+        # later blocks, an hour at a time.
+        return (f"Chameleon has no {profile.node_type} left to reserve {_span(start, end)}. Set when = \"free\" in "
+                "the parameters cell and run the notebook again: it asks for each later hour until one is free "
+                "(the dashboard's Reservations page shows what is taken).")
     hours = round((end - start + GAP) / timedelta(hours=1))
     first = free_window(host_allocations(find_host(node_name, profile)), hours, earliest=start)
     if first[0] == start:  # the calendar shows no lease then, yet Blazar has no host

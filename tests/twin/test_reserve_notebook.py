@@ -80,3 +80,19 @@ def test_a_lease_of_that_name_on_another_host_is_refused(chi, twin, headless, tm
         reserve(twin, tmp_path, node_name="liqid01")
     assert "already exists and reserves 'liqid02'" in error.value.evalue
     assert len(twin.world.data["leases"]) == 1
+
+
+@pytest.mark.twin_speed(1)
+def test_no_h100_left_then_when_free_finds_a_later_block(twin, headless, tmp_path):
+    """Blazar has no calendar for a flavor: "not enough resources" is answered for the block, and with
+    when = "free" the notebook asks it for each later hour until one is taken."""
+    twin.world.inject("flavor-exhausted")
+    with pytest.raises(pm.PapermillExecutionError) as error:
+        reserve(twin, tmp_path, variant="vm")
+    assert error.value.ename == "NothingFree" and 'when = "free"' in error.value.evalue
+    assert not twin.world.data["leases"]  # nothing made
+    twin.world.inject("flavor-exhausted", count=2)
+    reserve(twin, tmp_path, variant="vm", when="free")
+    mine = next(lease for lease in twin.world.data["leases"].values() if lease["name"] == "mlflow_ci07")
+    asked = reservation.next_hour(twin.world.now())
+    assert reservation._parse(mine["start_date"]) == asked + timedelta(hours=2)  # two hours refused, the third taken
