@@ -12,18 +12,35 @@ before that import (and python-chi's context is re-read if it was imported alrea
   (`OS_KEYPAIR_PUBLIC_KEY`) and logs in with (`OS_KEYPAIR_PRIVATE_KEY`); the hub provides one.
 
 Anything missing stops here with what to set, before a request is sent.
+
+On Chameleon's JupyterHub there is no RC file and no credential: the hub starts each server with
+`JUPYTERHUB_API_URL`, `JUPYTERHUB_API_TOKEN`, `JUPYTERHUB_USER` and the OS_* of an OIDC access-token
+sign-in (`OS_AUTH_TYPE=v3oidcaccesstoken`, `OS_ACCESS_TOKEN`, `OS_IDENTITY_PROVIDER=chameleon`,
+`OS_PROTOCOL=openid`: jupyterhub_chameleon/authenticator/keycloak.py). python-chi asks the hub's API for
+a fresh access token whenever it needs one (chi/jupyterhub.py) and trades it for a Keystone token at
+Keystone's federation route. When the hub refuses, python-chi only logs why; `verify` says it.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 from chi_helpers.chameleon import openstack_rc
 
+HUB_SESSION = "Chameleon's JupyterHub session"
+# What restarting the Jupyter server does: the hub starts it again with a new API token and the OS_*
+# of the student's current sign-in.
+RESTART_HELP = ("restart your Jupyter server from the hub: File > Hub Control Panel > Stop My Server, then "
+                "Start My Server (the hub gives the new server its API token and OS_* variables)")
+# What keystoneauth1's v3oidcaccesstoken loader requires besides the token (loading/identity.py), with
+# the values Chameleon's hub gives them.
+FEDERATION = {"OS_IDENTITY_PROVIDER": "chameleon", "OS_PROTOCOL": "openid"}
 RC_HELP = (openstack_rc.CREDENTIAL_HELP + " and set rc_file = '<its path>' in the parameters cell (or export its "
            "OS_* variables before starting Jupyter)")
 
@@ -43,7 +60,10 @@ class Login:
     def describe(self) -> str:
         project = (self.project or ("chosen with the widget below" if self.choose_project
                                     else "the one the credential belongs to"))
-        lines = [f"sign in: {self.method}, from {self.source}", f"project: {project}"]
+        method = self.method
+        if method == HUB_SESSION:
+            method += " (the hub's access token, through Keystone's federation route)"
+        lines = [f"sign in: {method}, from {self.source}", f"project: {project}"]
         if self.key_pair:
             lines.append(f"key pair: {self.key_pair}")
         return "\n".join(lines)
@@ -65,10 +85,7 @@ def _method(env: dict) -> str:
         raise LoginError("the application credential is incomplete: it needs OS_APPLICATION_CREDENTIAL_ID and "
                          f"OS_APPLICATION_CREDENTIAL_SECRET. Its RC file has both: {RC_HELP}")
     if auth_type == "v3oidcaccesstoken":
-        if env.get("JUPYTERHUB_API_URL") or env.get("OS_ACCESS_TOKEN"):
-            return "Chameleon's JupyterHub session" if env.get("JUPYTERHUB_API_URL") else "an access token"
-        raise LoginError("OS_AUTH_TYPE asks for an access token, but there is none (OS_ACCESS_TOKEN): on Chameleon's "
-                         f"JupyterHub restart your server from the hub's control panel; elsewhere {RC_HELP}")
+        return _access_token_method(env)
     if auth_type in ("password", "v3password", "v3oidcpassword") or (not auth_type and has("OS_PASSWORD")):
         if has("OS_USERNAME", "OS_PASSWORD"):
             return "user name and password"
@@ -78,6 +95,26 @@ def _method(env: dict) -> str:
         return "a Keystone token"
     raise LoginError("no Chameleon credentials here: no rc_file, and no OS_* variables to sign in with. "
                      f"On Chameleon's JupyterHub they come with your session; elsewhere {RC_HELP}.")
+
+
+def _access_token_method(env: dict) -> str:
+    """An OIDC access token: the hub's session when JUPYTERHUB_API_URL is set, else one given as OS_ACCESS_TOKEN."""
+    missing = [key for key in ("OS_ACCESS_TOKEN", *FEDERATION) if not env.get(key)]
+    if env.get("JUPYTERHUB_API_URL"):
+        # python-chi asks the hub for the token with these (chi/jupyterhub.py); keystoneauth needs the rest.
+        missing = [key for key in ("JUPYTERHUB_API_TOKEN", "JUPYTERHUB_USER") if not env.get(key)] + missing
+        if missing:
+            raise LoginError(f"this Jupyter server lacks {', '.join(missing)}, which Chameleon's JupyterHub sets "
+                             f"when it starts a server: {RESTART_HELP}.")
+        return HUB_SESSION
+    if "OS_ACCESS_TOKEN" in missing:
+        raise LoginError("OS_AUTH_TYPE asks for an access token, but there is none (OS_ACCESS_TOKEN): on Chameleon's "
+                         f"JupyterHub {RESTART_HELP}; elsewhere {RC_HELP}")
+    if missing:
+        wanted = " and ".join(f"{key}={FEDERATION[key]}" for key in missing)
+        raise LoginError(f"an access token signs in through Keystone's federation route, which needs {wanted} "
+                         "(Chameleon's identity provider and protocol)")
+    return "an access token"
 
 
 def _key_pair(env: dict) -> str:
@@ -175,15 +212,71 @@ def verify() -> None:
     """Ask Keystone for a token now, so that refused credentials stop here, in a sentence, and not in
     the middle of the first reservation or server call."""
     from chi import context
+
+    with hub_refusals() as refusals:
+        try:
+            context.session().get_project_id()
+        except Exception as error:
+            reason = _why_refused(error, refusals.reasons)
+            if reason is None:
+                raise
+            raise LoginError(reason) from None
+
+
+def _why_refused(error: Exception, hub_reasons: list[str]) -> str | None:
+    """What went wrong and what to do, for the errors a sign-in meets; None for any other error."""
+    from chi import context
     from keystoneauth1 import exceptions
 
+    if hub_reasons:  # python-chi got no access token from the hub: it sent none (or a stale one)
+        return _hub_refused(hub_reasons[-1])
+    if isinstance(error, exceptions.Unauthorized) and _hub_session():
+        return ("Keystone refused the access token of your hub session (401): your sign-in to Chameleon has "
+                "expired or was revoked. Log out of the hub (File > Log Out), log in again, then rerun this "
+                "notebook from the top. With a project name set, check that it is yours.")
+    if isinstance(error, exceptions.Unauthorized):
+        return ("Keystone refused these credentials (401). An application credential may have expired or been "
+                f"deleted, or its secret mistyped: {RC_HELP}. With a project name set, check that it is yours.")
+    if isinstance(error, exceptions.ConnectFailure):
+        return f"Keystone at {context.get('auth_url')} cannot be reached ({error}): check the site and OS_AUTH_URL"
+    return None
+
+
+def _hub_session() -> bool:
+    return (os.environ.get("OS_AUTH_TYPE", "").lower() == "v3oidcaccesstoken"
+            and bool(os.environ.get("JUPYTERHUB_API_URL")))
+
+
+class _HubRefusals(logging.Handler):
+    """What python-chi logs, and keeps to itself, when the hub does not give it an access token
+    (chi/context.py _SessionWithAccessTokenRefresh: "Failed to refresh access_token: <why>")."""
+
+    def __init__(self):
+        super().__init__(logging.ERROR)
+        self.reasons: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if str(record.msg).startswith("Failed to refresh access_token"):
+            self.reasons.append(record.getMessage().split(": ", 1)[-1])
+
+
+@contextmanager
+def hub_refusals():
+    """While inside, the hub's refusals python-chi logs are collected in `.reasons`."""
+    logger = logging.getLogger("chi.context")
+    refusals = _HubRefusals()
+    logger.addHandler(refusals)
     try:
-        context.session().get_project_id()
-    except exceptions.Unauthorized:
-        raise LoginError(
-            "Keystone refused these credentials (401). An application credential may have expired or been "
-            f"deleted, or its secret mistyped: {RC_HELP}. With a project name set, check that it is yours."
-        ) from None
-    except exceptions.ConnectFailure as error:
-        raise LoginError(f"Keystone at {context.get('auth_url')} cannot be reached ({error}): check the "
-                         "site and OS_AUTH_URL") from None
+        yield refusals
+    finally:
+        logger.removeHandler(refusals)
+
+
+def _hub_refused(reason: str) -> str:
+    what_to_do = (f"{RESTART_HELP[0].upper()}{RESTART_HELP[1:]}; if that does not help, log out of the hub "
+                  "(File > Log Out) and in again.")
+    if reason.startswith("403"):
+        return (f"JupyterHub refused to hand python-chi your access token ({reason}): it does not accept this "
+                f"server's JUPYTERHUB_API_TOKEN for user {os.environ.get('JUPYTERHUB_USER')!r}. {what_to_do}")
+    return (f"python-chi could not get your access token from JupyterHub at {os.environ.get('JUPYTERHUB_API_URL')} "
+            f"({reason}). {what_to_do}")

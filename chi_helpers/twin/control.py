@@ -1,9 +1,11 @@
-"""Starting and stopping the twin: the services on their loopback address, the nodes, the RC file.
+"""Starting and stopping the twin: the services on their loopback address, the nodes, the RC files.
 
 `start()` runs everything in this process (the tests use it directly); `python -m chi_helpers twin
 up` runs `main()` in a background process that does the same and keeps going until `twin down`.
 The RC file it writes is an application credential, like the one a headless run uses on
-Chameleon, plus `CHI_RESOURCE_API_URL`, which points python-chi's site list at the twin.
+Chameleon, plus `CHI_RESOURCE_API_URL`, which points python-chi's site list at the twin. Beside it:
+a user-and-password RC file, and `twin-hub.env`, the environment of a kernel on Chameleon's
+JupyterHub (no credential of its own: python-chi asks the hub stand-in for an access token).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import importlib
 import ipaddress
 import json
 import os
+import shlex
 import socket
 import threading
 import time
@@ -19,13 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from chi_helpers import network_guard
-from chi_helpers.twin import keystone
+from chi_helpers.twin import jupyterhub, keystone
 from chi_helpers.twin.web import Fault, Request, Service, TwinServer, reply, serve
 from chi_helpers.twin.world import FAULTS, World
 
 PORT = 5000  # python-chi builds auth_url as <site web>:5000/v3; every service shares the port
-SERVICE_MODULES = ["keystone", "sites", "blazar", "nova", "neutron", "glance"]
+SERVICE_MODULES = ["keystone", "sites", "blazar", "nova", "neutron", "glance", "jupyterhub"]
 PROJECT, USER, PASSWORD = "CHI-000000", "ci-user", "twin-password"
+HUB_ENV = "twin-hub.env"
 
 
 @dataclass
@@ -45,6 +49,14 @@ class Twin:
         from chi_helpers.chameleon.openstack_rc import parse
 
         return parse(self.rc_file.read_text())
+
+    @property
+    def hub_env_file(self) -> Path:
+        return self.world.state_dir / HUB_ENV
+
+    def hub_environment(self) -> dict[str, str]:
+        """What a kernel on the hub stand-in has in its environment (`twin-hub.env`)."""
+        return read_env_file(self.hub_env_file)
 
     def stop(self) -> None:
         if self._stop:
@@ -151,6 +163,43 @@ def write_password_rc(world: World, path: Path) -> None:
     path.chmod(0o600)
 
 
+def write_hub_env(world: World, path: Path, hub_user: dict) -> None:
+    """The environment of a kernel on Chameleon's JupyterHub: what JupyterHub's spawner sets
+    (JUPYTERHUB_*), what Chameleon's adds (NB_USER and the key pair: jupyterhub_chameleon/spawner.py;
+    the OS_* of the authenticator's `openstack_rc`: authenticator/keycloak.py), and, as in the RC
+    files, the twin's site list and the network guard. No project (the hub sets none) and no
+    OS_KEYPAIR_NAME (python-chi makes it $USER-jupyter)."""
+    keys = world.state_dir / "keys"
+    values = {
+        "JUPYTERHUB_API_URL": world.url(jupyterhub.PREFIX),
+        "JUPYTERHUB_API_TOKEN": hub_user["api_token"],
+        "JUPYTERHUB_USER": hub_user["name"],
+        "NB_USER": hub_user["name"],
+        **hub_user["auth_state"]["openstack_rc"],  # OS_ACCESS_TOKEN: the one of the server's start
+        "OS_KEYPAIR_PRIVATE_KEY": str(keys / "id_rsa"),
+        "OS_KEYPAIR_PUBLIC_KEY": str(keys / "id_rsa.pub"),
+        "CHI_RESOURCE_API_URL": world.url("/api"),
+        network_guard.VARIABLE: network_guard.LOOPBACK,
+    }
+    lines = ["# The environment of a kernel on Chameleon's JupyterHub, for the twin: no RC file and no credential;",
+             "# python-chi asks the hub's API for the student's access token and signs in through Keystone's",
+             "# federation route. Source it (or give its variables to a kernel) before python-chi's first import."]
+    lines += [f"export {key}={shlex.quote(value)}" for key, value in values.items()]
+    path.write_text("\n".join(lines) + "\n")
+    path.chmod(0o600)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """The `export NAME=value` lines of an environment file such as `twin-hub.env`."""
+    values = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export ") and "=" in line:
+            name, _, value = line[len("export "):].partition("=")
+            words = shlex.split(value)
+            values[name] = words[0] if words else ""
+    return values
+
+
 def make_key_pair(directory: Path) -> None:
     """The SSH key pair a headless run names in its RC file (the hub gives students one)."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -164,11 +213,12 @@ def make_key_pair(directory: Path) -> None:
 
 
 def start(state_dir: str | os.PathLike, address: str | None = None, speed: float = 1.0,
-          nodes: bool = True, end_speed: float | None = None) -> Twin:
+          nodes: bool = True, end_speed: float | None = None, access_token_seconds: float | None = None) -> Twin:
     """Start the twin's services (and, with `nodes`, an SSH node per floating IP) in this process.
 
     `speed`: how many times sooner a lease starts than its start date says (`end_speed`: ends;
-    default the same). A rehearsal of the whole series wants leases that start soon and last."""
+    default the same). A rehearsal of the whole series wants leases that start soon and last.
+    `access_token_seconds`: how long the hub's access tokens last (default Keycloak's 5 minutes)."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     address = address or free_address(state_dir)
@@ -177,6 +227,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     world = World(state_dir, address, PORT, speed=speed, end_speed=end_speed)
     credential_id, secret = world.new_id().replace("-", ""), world.new_id().replace("-", "")
     keystone.seed(world, PROJECT, USER, PASSWORD, credential_id, secret)
+    keystone.set_lifetimes(world, access_token=access_token_seconds)
     mounted: list[Service] = [Admin(world)]
     for name in SERVICE_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
@@ -190,6 +241,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     rc_file = state_dir / "twin-openrc.sh"
     write_rc(world, rc_file, credential_id, secret)
     write_password_rc(world, state_dir / "twin-password-openrc.sh")
+    write_hub_env(world, state_dir / HUB_ENV, jupyterhub.seed(world, USER))
     world.save()
     twin = Twin(world, server, rc_file)
     if nodes:
@@ -204,7 +256,8 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
 
         threading.Thread(target=keep_in_step, name="twin-nodes", daemon=True).start()
     (state_dir / "twin.json").write_text(json.dumps({"address": address, "port": PORT, "pid": os.getpid(),
-                                                     "rc_file": str(rc_file), "started": time.time()}))
+                                                     "rc_file": str(rc_file), "hub_env": str(twin.hub_env_file),
+                                                     "started": time.time()}))
     return twin
 
 
@@ -217,15 +270,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--state-dir", type=Path, required=True)
     parser.add_argument("--speed", type=float, default=60.0)
     parser.add_argument("--end-speed", type=float, default=1.0)
+    parser.add_argument("--access-token-seconds", type=float, default=None,
+                        help="how long the hub stand-in's access tokens last (default 300, as Keycloak's)")
     args = parser.parse_args(argv)
     from chi_helpers import network_guard as guard
 
     guard.install()  # the twin itself never reaches out either
-    twin = start(args.state_dir, speed=args.speed, end_speed=args.end_speed)
+    twin = start(args.state_dir, speed=args.speed, end_speed=args.end_speed,
+                 access_token_seconds=args.access_token_seconds)
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    print(f"twin at {twin.url}; RC file {twin.rc_file}", flush=True)
+    print(f"twin at {twin.url}; RC file {twin.rc_file}; a hub kernel's environment {twin.hub_env_file}", flush=True)
     stopping.wait()
     twin.stop()
     print("twin stopped", flush=True)

@@ -16,15 +16,27 @@ restricted credential cannot make leases. (Keystone 2023.1-2024.1, keystone/api/
 `_check_unrestricted`. Since CVE-2026-43000, Keystone 2025.1 and later refuse trusts to every
 application credential unless the site sets `allow_insecure_application_credential_trust_escalation`;
 the twin keeps the rule Chameleon's docs describe: tick "Unrestricted".)
+
+Students on Chameleon's JupyterHub sign in another way: users are federated (Chameleon's Keycloak,
+identity provider `chameleon`, protocol `openid`), and the hub holds each student's OIDC access token.
+keystoneauth1's OidcAccessToken sends it as a bearer to the federation route
+(`/v3/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth`, keystone/api/os_federation.py),
+which answers an unscoped token; a project-scoped one is then asked for with the token method, and
+keeps the unscoped one's expiry (keystone/auth/plugins/mapped.py handle_scoped_token). On Chameleon the
+access token is checked in front of Keystone (Apache's mod_auth_openidc, by introspection): an unknown or
+expired one is refused 401 before Keystone sees it. The twin keeps Keycloak's side here too: the access
+tokens it issued (to the hub stand-in, twin/jupyterhub.py) and when each expires. Tokens of every kind
+expire (`set_lifetimes`); an expired one is unknown to Keystone, as `validate_token` makes it.
 """
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from .web import Fault, Request, Service, reply
 
-DOMAIN = {"id": "chameleon", "name": "chameleon"}  # the domain Chameleon's projects are in
+DOMAIN = {"id": "chameleon", "name": "chameleon"}  # the domain Chameleon's projects (and federated users) are in
+TIME_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 SERVICES = [  # (type, name, path below the twin's address)
     ("identity", "keystone", "/v3"),
     ("reservation", "blazar", "/reservation/v1"),
@@ -35,6 +47,11 @@ SERVICES = [  # (type, name, path below the twin's address)
 REGIONS = ["CHI@TACC", "CHI@UC", "KVM@TACC"]
 ROLES = [{"id": "member", "name": "member"}, {"id": "reader", "name": "reader"}]  # a project member's
 BLAZAR_USER = "blazar"  # Blazar's service user: the trustee of every lease's trust
+IDENTITY_PROVIDER, PROTOCOL = "chameleon", "openid"  # Chameleon's Keycloak, as its Keystones know it
+# How long tokens last unless a test asks otherwise. Keystone's own default is an hour ([token]
+# expiration); the twin's is a day, so a rehearsal never meets it. Keycloak's access tokens last 5
+# minutes by default ("Access Token Lifespan"), so the hub renews them during a session.
+LIFETIMES = {"keystone_token": 24 * 3600, "access_token": 300}
 
 
 def forbidden(action: str) -> Fault:
@@ -57,6 +74,45 @@ def seed(world, project: str, user: str, password: str, credential_id: str, cred
                                     "password": password, "projects": [project_id]}
     add_application_credential(world, user_id, project_id, f"{user}-twin", unrestricted,
                                credential_id=credential_id, secret=credential_secret)
+
+
+def set_lifetimes(world, keystone_token: float | None = None, access_token: float | None = None) -> None:
+    """How many seconds the tokens issued from now on last (Keystone's; Keycloak's access tokens)."""
+    lifetimes = world.data.setdefault("lifetimes", dict(LIFETIMES))
+    if keystone_token is not None:
+        lifetimes["keystone_token"] = keystone_token
+    if access_token is not None:
+        lifetimes["access_token"] = access_token
+
+
+def lifetime(world, kind: str) -> float:
+    return world.data.get("lifetimes", LIFETIMES)[kind]
+
+
+def expired(token: dict, now: datetime) -> bool:
+    """keystone/token/provider.py _is_valid_token: a token past its expiry is not found."""
+    return datetime.strptime(token["expires_at"], TIME_FORMAT).replace(tzinfo=now.tzinfo) <= now
+
+
+# --- Keycloak's side of the federation route --------------------------------------------------------
+
+
+def issue_access_token(world, user_id: str) -> dict:
+    """A new access token for `user_id`, as Keycloak's token endpoint hands the hub one at sign-in and at
+    each refresh: `expires_at` in seconds since the epoch, as jupyterhub_chameleon stores it
+    (authenticator/keycloak.py: time.time() + expires_in)."""
+    token = "oidc-" + world.new_id().replace("-", "")
+    expires_at = world.now().timestamp() + lifetime(world, "access_token")
+    world.data.setdefault("access_tokens", {})[token] = {"user_id": user_id, "expires_at": expires_at}
+    return {"access_token": token, "expires_at": expires_at}
+
+
+def introspect(world, access_token: str) -> dict | None:
+    """The user an access token stands for, or None when Keycloak would call it inactive (unknown or expired)."""
+    known = world.data.get("access_tokens", {}).get(access_token)
+    if known is None or known["expires_at"] <= world.now().timestamp():
+        return None
+    return world.data["users"].get(known["user_id"])
 
 
 def add_application_credential(world, user_id: str, project_id: str, name: str, unrestricted: bool = False,
@@ -115,6 +171,10 @@ def catalog(world) -> list[dict]:
     return entries
 
 
+# keystone/api/os_federation.py OSFederationAuthResource: GET and POST alike.
+FEDERATION_ROUTE = "/OS-FEDERATION/identity_providers/(?P<idp>[^/]+)/protocols/(?P<protocol>[^/]+)/auth"
+
+
 class Keystone(Service):
     prefix = "/v3"
     name = "keystone"
@@ -130,6 +190,8 @@ class Keystone(Service):
         ("GET", "/projects/(?P<project>[^/]+)", "get_project"),
         ("POST", "/users/(?P<user>[^/]+)/application_credentials", "make_application_credential"),
         ("POST", "/OS-TRUST/trusts", "make_trust"),
+        ("POST", FEDERATION_ROUTE, "federated_sign_in"),
+        ("GET", FEDERATION_ROUTE, "federated_sign_in"),
     ]
 
     def error_body(self, status, message):
@@ -145,8 +207,9 @@ class Keystone(Service):
 
     # --- tokens ---------------------------------------------------------------------------------
 
-    def _user(self, identity: dict) -> tuple[dict, dict | None]:
-        """(user, the application credential it signs in with, if any) for the identity part of a token request."""
+    def _user(self, identity: dict) -> tuple[dict, dict | None, dict | None]:
+        """(user, the application credential it signs in with, the token it signs in with) for the
+        identity part of a token request."""
         methods = identity.get("methods") or []
         refused = Fault(401, "The request you have made requires authentication.")
         if self.world.take_fault("keystone-refuses"):
@@ -163,20 +226,25 @@ class Keystone(Service):
                                    and owner.get("name") in (None, users[c["user_id"]]["name"])), None)
             if credential is None or credential["secret"] != given.get("secret"):
                 raise refused
-            return users[credential["user_id"]], credential
+            return users[credential["user_id"]], credential, None
         if methods == ["password"]:
             given = (identity.get("password") or {}).get("user") or {}
             user = users.get(given.get("id", "")) or next(
                 (u for u in users.values() if u["name"] == given.get("name")), None)
             if user is None or user["password"] != given.get("password"):
                 raise refused
-            return user, None
+            return user, None, None
         if methods == ["token"]:
-            old = self.world.data["tokens"].get((identity.get("token") or {}).get("id", ""))
-            if old is None:
-                raise Fault(404, "Could not find token.")
-            return users[old["user"]["id"]], credential_of(self.world, old)
+            old = self._live_token((identity.get("token") or {}).get("id", ""))
+            return users[old["user"]["id"]], credential_of(self.world, old), old
         raise Fault(401, f"Unsupported authentication method: {', '.join(methods) or 'none'}")
+
+    def _live_token(self, token_id: str) -> dict:
+        """A token Keystone still knows: unknown and expired ones are not found (404)."""
+        token = self.world.data["tokens"].get(token_id)
+        if token is None or expired(token, self.world.now()):
+            raise Fault(404, "Could not find token.")
+        return token
 
     def _project(self, scope: dict) -> dict:
         wanted = scope.get("project") or {}
@@ -193,7 +261,8 @@ class Keystone(Service):
 
     def issue(self, request: Request):
         auth = request.json().get("auth") or {}
-        user, credential = self._user(auth.get("identity") or {})
+        identity = auth.get("identity") or {}
+        user, credential, old = self._user(identity)
         bound = credential["project_id"] if credential else None
         scope = auth.get("scope")
         if bound and scope:
@@ -202,13 +271,34 @@ class Keystone(Service):
         project = self.world.data["projects"][bound] if bound else (self._project(scope) if scope else None)
         if project and project["id"] not in user["projects"]:
             raise Fault(401, f"User {user['id']} has no access to project {project['id']}")
-        now = self.world.now()
+        methods = identity.get("methods")
+        if old is not None:
+            # keystone/auth/plugins/token.py: the method names carry on, and so does the expiry (rescoping
+            # may not extend a session); a federated token stays federated (mapped.py handle_scoped_token).
+            methods = list(dict.fromkeys([*methods, *old["methods"]]))
+        token_id, body = self._store_token(user, methods, project, credential, bound,
+                                           expires_at=old["expires_at"] if old else None,
+                                           federation=(old or {}).get("user", {}).get("OS-FEDERATION"))
+        self.world.record("keystone", f"token for {user['name']}" + (f" in {project['name']}" if project else " (unscoped)"))
+        return reply(201, {"token": body}, X_Subject_Token=token_id)
+
+    def _store_token(self, user: dict, methods: list, project: dict | None = None, credential: dict | None = None,
+                     bound: str | None = None, expires_at: str | None = None,
+                     federation: dict | None = None) -> tuple[str, dict]:
+        """A new token, kept and rendered as keystone/common/render_token.py does."""
+        now = self.world.now().replace(microsecond=0)  # Keystone renders whole seconds (".000000Z")
+        self._forget_expired(now)
         token_id = self.world.new_id().replace("-", "")
+        shown_user = {"id": user["id"], "name": user["name"], "domain": DOMAIN, "password_expires_at": None}
+        if federation:  # render_token: a federated user's token names its IdP and has no password expiry
+            shown_user["OS-FEDERATION"] = federation
+            del shown_user["password_expires_at"]
+        expires_at = expires_at or (now + timedelta(seconds=lifetime(self.world, "keystone_token"))).strftime(TIME_FORMAT)
         body = {
-            "methods": (auth.get("identity") or {}).get("methods"),
-            "user": {"id": user["id"], "name": user["name"], "domain": DOMAIN, "password_expires_at": None},
-            "issued_at": now.strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
-            "expires_at": (now + timedelta(hours=24)).strftime("%Y-%m-%dT%H:%M:%S.000000Z"),
+            "methods": methods,
+            "user": shown_user,
+            "issued_at": now.strftime(TIME_FORMAT),
+            "expires_at": expires_at,
             "audit_ids": [token_id[:22]],
         }
         if project:
@@ -220,16 +310,45 @@ class Keystone(Service):
             body["application_credential"] = {"id": credential["id"], "name": credential["name"],
                                               "restricted": not credential.get("unrestricted")}
         self.world.data["tokens"][token_id] = {**body, "bound_project": bound}
-        self.world.record("keystone", f"token for {user['name']}" + (f" in {project['name']}" if project else " (unscoped)"))
+        return token_id, body
+
+    def _forget_expired(self, now: datetime) -> None:
+        """Drop expired tokens, so that no service of the twin takes one (Keystone would not validate it)."""
+        tokens = self.world.data["tokens"]
+        for token_id in [t for t, token in tokens.items() if expired(token, now)]:
+            del tokens[token_id]
+
+    def federated_sign_in(self, request: Request):
+        """keystone/api/os_federation.py OSFederationAuthResource._auth: an unscoped token for the user the
+        identity provider's access token stands for (keystone/auth/plugins/mapped.py handle_unscoped_token).
+        The access token is checked first, as mod_auth_openidc does in front of Keystone on Chameleon."""
+        idp, protocol = request.param("idp"), request.param("protocol")
+        if idp != IDENTITY_PROVIDER:  # keystone/exception.py IdentityProviderNotFound
+            raise Fault(404, f"Could not find Identity Provider: {idp}.")
+        if protocol != PROTOCOL:  # FederatedProtocolNotFound
+            raise Fault(404, f"Could not find federated protocol {protocol} for Identity Provider: {idp}.")
+        bearer = request.headers.get("authorization", "")
+        access_token = bearer[len("bearer "):].strip() if bearer.lower().startswith("bearer ") else ""
+        user = introspect(self.world, access_token) if access_token else None
+        if user is not None and self.world.take_fault("keystone-refuses"):
+            user = None
+        if user is None or not user.get("enabled", True):
+            # RFC 6750 section 3, as mod_auth_openidc answers; the body as Keystone's Unauthorized.
+            why = "an access token is required" if not access_token else "the access token is expired or unknown"
+            self.world.record("keystone", f"federated sign-in refused: {why}")
+            raise Fault(401, "The request you have made requires authentication.",
+                        {"WWW-Authenticate": f'Bearer error="invalid_token", error_description="{why}"'})
+        federation = {"groups": [], "identity_provider": {"id": idp}, "protocol": {"id": protocol}}
+        token_id, body = self._store_token(user, [protocol], federation=federation)
+        self.world.record("keystone", f"federated token for {user['name']} ({idp}, {protocol})")
         return reply(201, {"token": body}, X_Subject_Token=token_id)
 
     def validate(self, request: Request):
         request.token()
-        subject = self.world.data["tokens"].get(request.headers.get("x-subject-token", ""))
-        if subject is None:
-            raise Fault(404, "Could not find token.")
+        subject_id = request.headers.get("x-subject-token", "")
+        subject = self._live_token(subject_id)
         shown = {k: v for k, v in subject.items() if k != "bound_project"}
-        return reply(200, {"token": shown}, X_Subject_Token=request.headers["x-subject-token"])
+        return reply(200, {"token": shown}, X_Subject_Token=subject_id)
 
     def revoke(self, request: Request):
         request.token()

@@ -13,9 +13,25 @@ from chi_helpers.chameleon.login import LoginError, check
 @pytest.fixture(autouse=True)
 def clean_environment(monkeypatch):
     for key in list(os.environ):
-        if key.startswith("OS_") or key in ("JUPYTERHUB_API_URL", "JPY_SESSION_NAME"):
+        if key.startswith(("OS_", "JUPYTERHUB_")) or key == "JPY_SESSION_NAME":
             monkeypatch.delenv(key)
     monkeypatch.setenv("USER", "student")
+
+
+# What Chameleon's JupyterHub puts in a kernel's environment (jupyterhub_chameleon/authenticator/keycloak.py,
+# and JupyterHub's spawner for JUPYTERHUB_*): python-chi signs in with the hub's access token.
+HUB_SESSION = {
+    "JUPYTERHUB_API_URL": "http://127.0.0.1:8081/hub/api", "JUPYTERHUB_API_TOKEN": "server-token",
+    "JUPYTERHUB_USER": "student1", "NB_USER": "student1", "OS_AUTH_TYPE": "v3oidcaccesstoken",
+    "OS_AUTH_URL": "https://chi.tacc.chameleoncloud.org:5000/v3", "OS_IDENTITY_API_VERSION": "3",
+    "OS_INTERFACE": "public", "OS_ACCESS_TOKEN": "eyJ-access", "OS_IDENTITY_PROVIDER": "chameleon",
+    "OS_PROTOCOL": "openid", "OS_PROJECT_DOMAIN_NAME": "chameleon",
+}
+
+
+def hub_session(monkeypatch, **changes):
+    for key, value in {**HUB_SESSION, **changes}.items():
+        monkeypatch.setenv(key, value)
 
 
 def app_credential_rc(tmp_path, **extra) -> str:
@@ -65,24 +81,49 @@ def test_an_incomplete_application_credential_is_named(monkeypatch):
 
 
 def test_the_hub_session_with_no_project_and_nobody_at_the_notebook_stops(monkeypatch):
-    monkeypatch.setenv("OS_AUTH_TYPE", "v3oidcaccesstoken")
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+    hub_session(monkeypatch)
     with pytest.raises(LoginError) as error:
         check()
     assert "set project = 'CHI-123456'" in str(error.value)
 
 
 def test_the_hub_session_with_a_person_at_the_notebook_asks_with_the_widget(monkeypatch):
-    monkeypatch.setenv("OS_AUTH_TYPE", "v3oidcaccesstoken")
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:8081/hub/api")
+    hub_session(monkeypatch)
     monkeypatch.setenv("JPY_SESSION_NAME", "/home/jovyan/work/01_reserve.ipynb")
     login = check()
     assert login.method == "Chameleon's JupyterHub session" and login.choose_project and login.project is None
+    assert login.source == "Chameleon's JupyterHub"
+
+
+def test_the_hub_session_signs_in_with_no_rc_file_and_no_application_credential(monkeypatch):
+    hub_session(monkeypatch)
+    login = check(project="CHI-123456")
+    assert login.method == "Chameleon's JupyterHub session" and login.project == "CHI-123456"
+    assert "the hub's access token" in login.describe() and "Keystone's federation route" in login.describe()
+
+
+@pytest.mark.parametrize("missing", ["JUPYTERHUB_API_TOKEN", "JUPYTERHUB_USER", "OS_ACCESS_TOKEN",
+                                     "OS_IDENTITY_PROVIDER", "OS_PROTOCOL"])
+def test_a_hub_session_missing_what_the_hub_sets_says_to_restart_the_server(monkeypatch, missing):
+    hub_session(monkeypatch)
+    monkeypatch.delenv(missing)
+    with pytest.raises(LoginError) as error:
+        check(project="CHI-123456")
+    assert missing in str(error.value) and "Hub Control Panel" in str(error.value)
+
+
+def test_an_rc_file_on_the_hub_wins_over_the_hub_session(tmp_path, monkeypatch):
+    # A student on the hub who loads an application credential's RC file signs in with that.
+    hub_session(monkeypatch)
+    login = check(rc_file=app_credential_rc(tmp_path))
+    assert login.method == "application credential" and login.source.startswith("rc_file ")
 
 
 def test_a_project_parameter_wins_over_the_environment(monkeypatch):
     monkeypatch.setenv("OS_AUTH_TYPE", "v3oidcaccesstoken")
     monkeypatch.setenv("OS_ACCESS_TOKEN", "tok")
+    monkeypatch.setenv("OS_IDENTITY_PROVIDER", "chameleon")
+    monkeypatch.setenv("OS_PROTOCOL", "openid")
     monkeypatch.setenv("OS_PROJECT_NAME", "CHI-111111")
     assert check().project == "CHI-111111"
     assert check(project="CHI-222222").project == "CHI-222222"
@@ -103,6 +144,16 @@ def test_a_token_without_a_token_is_refused(monkeypatch):
     with pytest.raises(LoginError) as error:
         check(project="CHI-1")
     assert "OS_ACCESS_TOKEN" in str(error.value)
+
+
+def test_an_access_token_needs_the_identity_provider_and_protocol(monkeypatch):
+    # keystoneauth1's v3oidcaccesstoken loader requires both (loading/identity.py BaseFederationLoader).
+    monkeypatch.setenv("OS_AUTH_TYPE", "v3oidcaccesstoken")
+    monkeypatch.setenv("OS_ACCESS_TOKEN", "tok")
+    with pytest.raises(LoginError) as error:
+        check(project="CHI-1")
+    assert "OS_IDENTITY_PROVIDER" in str(error.value) and "OS_PROTOCOL" in str(error.value)
+    assert "chameleon" in str(error.value) and "openid" in str(error.value)
 
 
 def test_the_key_pair_is_checked_only_where_a_server_is_made(tmp_path):

@@ -29,6 +29,7 @@ import papermill as pm
 import pytest
 
 from chi_helpers.kernel_setup import NEEDS, PROVIDERS
+from chi_helpers.twin import control
 from chi_helpers.local import processes
 from chi_helpers.series import NOTEBOOKS, REPO_ROOT
 from chi_helpers import network_guard as guard
@@ -176,11 +177,39 @@ def test_a_chameleon_notebook_without_credentials_says_what_to_set(hub, hub_env,
     assert "login.check(" in failing_cell(tmp_path / "out.ipynb").source  # before python-chi
 
 
-def test_a_headless_hub_session_without_a_project_asks_for_one(hub, hub_env, fresh_copy, tmp_path, monkeypatch):
+@pytest.fixture
+def twin_hub(tmp_path, monkeypatch):
+    """The twin, and this process's environment as the hub gives a server (`twin-hub.env`): no RC file,
+    no credential; python-chi asks the hub stand-in for the student's access token."""
+    twin = control.start(tmp_path / "twin", speed=600, nodes=False)
+    for key, value in twin.hub_environment().items():
+        monkeypatch.setenv(key, value)
+    yield twin
+    twin.stop()
+
+
+def test_a_headless_hub_session_without_a_project_asks_for_one(hub, hub_env, twin_hub, fresh_copy, tmp_path):
     # The hub's own sign-in, but nobody at the notebook to answer python-chi's project widget.
-    monkeypatch.setenv("OS_AUTH_TYPE", "v3oidcaccesstoken")
-    monkeypatch.setenv("OS_AUTH_URL", "http://127.0.0.1:9/v3")
-    monkeypatch.setenv("JUPYTERHUB_API_URL", "http://127.0.0.1:9/hub/api")
     with pytest.raises(pm.PapermillExecutionError) as error:
         run(fresh_copy, "notebooks/amd", "08_release.ipynb", tmp_path / "out.ipynb", {"user": "student1"})
     assert error.value.ename == "LoginError" and "set project = 'CHI-123456'" in error.value.evalue
+
+
+def test_a_hub_kernel_signs_in_the_hubs_way_and_reserves(hub, hub_env, twin_hub, fresh_copy, tmp_path):
+    given = {"user": "student1", "project": "CHI-000000"}
+    run(fresh_copy, "notebooks/nvidia", "01_reserve.ipynb", tmp_path / "01.ipynb", given)
+    said = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "01.ipynb", 4).cells if c.cell_type == "code"
+                   for o in c.outputs)
+    assert "sign in: Chameleon's JupyterHub session" in said and "from Chameleon's JupyterHub" in said
+    leases = control.summary(twin_hub.world)["leases"]
+    assert [lease["name"] for lease in leases] == ["mlflow_student1"]
+
+    run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", given)
+    assert control.summary(twin_hub.world)["leases"] == []
+    # Every Keystone token came through the federation route: one sign-in per kernel, then its project.
+    log = (twin_hub.world.state_dir / "requests.log").read_text().splitlines()
+    assert log.count("POST /v3/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth 201") == 2
+    assert log.count("GET /hub/api/users/ci-user 200") == 2  # python-chi asked the hub, once per kernel
+    tokens = twin_hub.world.data["tokens"].values()
+    assert tokens and all(token["user"]["OS-FEDERATION"]["identity_provider"] == {"id": "chameleon"}
+                          for token in tokens)  # and none from a password or an application credential

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import requests
 
@@ -128,3 +130,90 @@ def test_a_restricted_credential_may_make_neither_a_trust_nor_a_credential(twin)
     assert made.status_code == 201 and made.json()["trust"]["trustee_user_id"] == "blazar"
     wrong_trustor = trust_request(twin, own_token, "someone-else", own["project"]["id"])
     assert wrong_trustor.status_code == 403 and "should match the trustor" in wrong_trustor.text
+
+
+# --- the federation route: an OIDC access token for a token (keystone/api/os_federation.py) ---------------
+
+FEDERATION = "/v3/OS-FEDERATION/identity_providers/{idp}/protocols/{protocol}/auth"
+
+
+def access_token(twin) -> str:
+    """The access token Chameleon's JupyterHub holds for the twin's student (its auth_state)."""
+    env = twin.hub_environment()
+    answer = requests.get(f"{env['JUPYTERHUB_API_URL']}/users/{env['JUPYTERHUB_USER']}",
+                          headers={"Authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"}, timeout=5)
+    assert answer.status_code == 200, answer.text
+    return answer.json()["auth_state"]["access_token"]
+
+
+def federated(twin, token: str | None, idp: str = "chameleon", protocol: str = "openid", method: str = "post"):
+    # What keystoneauth1's OidcAccessToken sends (identity/v3/oidc.py _get_keystone_token): the access
+    # token as a bearer, no body.
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return requests.request(method, twin.url + FEDERATION.format(idp=idp, protocol=protocol), headers=headers,
+                            timeout=5)
+
+
+def test_the_federation_route_gives_an_unscoped_token_then_a_scoped_one_for_the_hubs_access_token(twin):
+    answer = federated(twin, access_token(twin))
+    assert answer.status_code == 201 and answer.headers["X-Subject-Token"]
+    unscoped = answer.json()["token"]
+    assert unscoped["methods"] == ["openid"] and "project" not in unscoped and "catalog" not in unscoped
+    assert unscoped["user"]["name"] == "ci-user" and unscoped["user"]["domain"]["name"] == "chameleon"
+    assert unscoped["user"]["OS-FEDERATION"] == {"groups": [], "identity_provider": {"id": "chameleon"},
+                                                 "protocol": {"id": "openid"}}
+    assert "password_expires_at" not in unscoped["user"]  # keystone/common/render_token.py, federated
+
+    scope = {"project": {"name": "CHI-000000", "domain": {"name": "chameleon"}}}
+    rescoped = token_request(twin, {"methods": ["token"], "token": {"id": answer.headers["X-Subject-Token"]}}, scope)
+    assert rescoped.status_code == 201, rescoped.text
+    scoped = rescoped.json()["token"]
+    assert scoped["project"]["name"] == "CHI-000000" and scoped["catalog"]
+    assert scoped["user"]["OS-FEDERATION"]["identity_provider"] == {"id": "chameleon"}
+    # keystone/auth/plugins/mapped.py handle_scoped_token: a rescoped token keeps the original's expiry.
+    assert scoped["expires_at"] == unscoped["expires_at"]
+    assert federated(twin, access_token(twin), method="get").status_code == 201  # GET is routed too
+
+
+def test_a_missing_or_unknown_access_token_is_refused_401(twin):
+    for token in (None, "not-an-access-token"):
+        answer = federated(twin, token)
+        assert answer.status_code == 401, token
+        assert answer.json()["error"]["message"] == "The request you have made requires authentication."
+        assert answer.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+def test_an_expired_access_token_is_refused_401(twin):
+    from chi_helpers.twin import jupyterhub, keystone
+
+    keystone.set_lifetimes(twin.world, access_token=1)
+    jupyterhub.log_in_again(twin.world, "ci-user")
+    token = access_token(twin)
+    time.sleep(1.2)
+    answer = federated(twin, token)
+    assert answer.status_code == 401 and 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
+    assert federated(twin, access_token(twin)).status_code == 201  # the hub refreshed it: accepted
+
+
+def test_an_unknown_identity_provider_or_protocol_is_not_found(twin):
+    token = access_token(twin)
+    assert federated(twin, token, idp="github").json()["error"]["message"] == \
+        "Could not find Identity Provider: github."
+    other = federated(twin, token, protocol="saml2")
+    assert other.status_code == 404
+    assert other.json()["error"]["message"] == \
+        "Could not find federated protocol saml2 for Identity Provider: chameleon."
+
+
+def test_a_token_expires_and_its_rescoping_is_refused(twin):
+    from chi_helpers.twin import keystone
+
+    keystone.set_lifetimes(twin.world, keystone_token=1)
+    answer = federated(twin, access_token(twin))
+    time.sleep(1.2)
+    identity = {"methods": ["token"], "token": {"id": answer.headers["X-Subject-Token"]}}
+    assert token_request(twin, identity, {"project": {"name": "CHI-000000"}}).status_code == 404
+    check = requests.get(f"{twin.url}/v3/auth/tokens", headers={
+        "X-Auth-Token": token_request(twin, app_credential(twin)).headers["X-Subject-Token"],
+        "X-Subject-Token": answer.headers["X-Subject-Token"]}, timeout=5)
+    assert check.status_code == 404
