@@ -7,8 +7,19 @@ brings one up only if none of that name exists, and the floating IP the server h
 
 from __future__ import annotations
 
+import time
+
 from chi_helpers.chameleon.plan import SECURITY_GROUP_PORTS
 from chi_helpers.variants import Variant
+
+
+# Nova lists a floating IP seconds after Neutron binds it (Neutron's batched notice refreshes Nova's cache);
+# should that notice be lost, Nova's periodic refresh (heal_instance_info_cache_interval, 60 s) catches up.
+ADDRESS_WAIT_SECONDS = 120
+
+FREE_ONE = ("Release a floating IP that no one uses (dashboard: Network > Floating IPs, 'Release Floating IP' on "
+            "an address mapped to no instance; ask your class first: the project is shared), or ask your "
+            "instructor; then run this again.")
 
 
 class ServerError(RuntimeError):
@@ -41,6 +52,7 @@ def open_ports(server) -> None:
     from chi.network import neutron
 
     client = neutron()
+    on_server = {g for p in client.list_ports(device_id=server.id)["ports"] for g in p.get("security_groups") or []}
     for name, port in SECURITY_GROUP_PORTS.items():
         group_name = f"allow-{port}"
         groups = client.list_security_groups(name=group_name)["security_groups"]
@@ -54,21 +66,70 @@ def open_ports(server) -> None:
             client.create_security_group_rule({"security_group_rule": {
                 "security_group_id": group["id"], "direction": "ingress", "protocol": "tcp", "ethertype": "IPv4",
                 "port_range_min": port, "port_range_max": port, "remote_ip_prefix": "0.0.0.0/0"}})
-        server.add_security_group(group["id"])  # by id: a shared project may hold two groups of that name
+        if group["id"] not in on_server:  # Nova adds a group twice without looking, and Neutron refuses (400)
+            server.add_security_group(group["id"])  # by id: a shared project may hold two groups of that name
 
 
 def own_floating_ip(server) -> str:
     """A floating IP that is this server's: python-chi's default takes the project's first unbound one,
     which in a shared project may be a classmate's. Ours carries the server's name in its description."""
     from chi.network import get_network_id, neutron
+    from neutronclient.common.exceptions import IpAddressGenerationFailureClient, OverQuotaClient
 
     client = neutron()
     mark = f"mlflow series: {server.name}"
-    mine = [ip for ip in client.list_floatingips()["floatingips"] if ip.get("description") == mark and ip["port_id"] is None]
+    held = client.list_floatingips()["floatingips"]
+    mine = [ip for ip in held if ip.get("description") == mark and ip["port_id"] is None]
     if mine:
         return mine[0]["floating_ip_address"]
-    made = client.create_floatingip({"floatingip": {"floating_network_id": get_network_id("public"), "description": mark}})
+    try:
+        made = client.create_floatingip({"floatingip": {"floating_network_id": get_network_id("public"),
+                                                        "description": mark}})
+    except (IpAddressGenerationFailureClient, OverQuotaClient) as refused:
+        raise ServerError(no_floating_ip(refused, held)) from None
     return made["floatingip"]["floating_ip_address"]
+
+
+def no_floating_ip(refused, held: list[dict]) -> str:
+    """What to do when Neutron has no floating IP to give (its quota, or the site's pool, is used up)."""
+    from neutronclient.common.exceptions import OverQuotaClient
+
+    unused = sum(1 for ip in held if ip["port_id"] is None)
+    neutron_said = str(refused).splitlines()[0]
+    if isinstance(refused, OverQuotaClient):
+        why = (f"the project has used its quota of floating IPs: it holds {len(held)}, {unused} of them "
+               "mapped to no instance")
+    else:
+        why = ("the site has no public (floating) IP address left: its pool is shared by every project there "
+               f"(this project holds {len(held)}, {unused} of them mapped to no instance)")
+    return f"no floating IP for the server: {why} (Neutron: {neutron_said}). {FREE_ONE}"
+
+
+def bound_floating_ip(server) -> str | None:
+    """The floating IP Neutron has bound to one of the server's ports. Nova's `addresses`, which
+    `server.get_floating_ip()` reads, show it only seconds after it is bound."""
+    from chi.network import neutron
+
+    client = neutron()
+    ports = {p["id"] for p in client.list_ports(device_id=server.id)["ports"]}
+    bound = sorted(ip["floating_ip_address"] for ip in client.list_floatingips()["floatingips"]
+                   if ip["port_id"] in ports)
+    return bound[0] if bound else None
+
+
+def wait_for_address(server, address: str, limit: float = ADDRESS_WAIT_SECONDS, every: float = 0.5) -> None:
+    """Until Nova lists `address` for the server: python-chi's SSH and checks take the address from there."""
+    if address in server.get_all_floating_ips():
+        return
+    print(f"waiting for Nova to list {address} for {server.name} (Neutron bound it; Nova hears within seconds)")
+    deadline = time.monotonic() + limit
+    while address not in server.get_all_floating_ips():
+        if time.monotonic() > deadline:
+            raise ServerError(f"Nova still does not list {address} for {server.name} {limit:.0f} s after it was "
+                              "bound, so python-chi cannot reach the server by it. Run this again in a few minutes; "
+                              "if it stays so, detach the address and run this again (dashboard: Compute > "
+                              "Instances, Disassociate Floating IP).")
+        time.sleep(every)
 
 
 def bring_up(profile: Variant, lease, user: str, wait: bool = True):
@@ -91,15 +152,16 @@ def bring_up(profile: Variant, lease, user: str, wait: bool = True):
             f"(`python -m chi_helpers release --user {user} ...` or the dashboard) and run this again; "
             "if it fails twice, reserve another host."
         )
-    address = server.get_floating_ip()
+    address = bound_floating_ip(server)
     if address:
         print(f"{name} already has floating IP {address}: keeping it")
     else:
-        server.associate_floating_ip(own_floating_ip(server))
-        address = server.get_floating_ip()
+        address = own_floating_ip(server)
+        server.associate_floating_ip(address)
+    wait_for_address(server, address)
     if profile.needs_security_groups:
         open_ports(server)
-    server.check_connectivity()
+    server.check_connectivity(host=address)
     print(summary(server, address))
     return server
 

@@ -14,11 +14,16 @@ client that does. What it keeps from Neutron, because python-chi and our helpers
   fresh loopback address, where the twin's SSH node for its server listens). PUT with `port_id`
   binds it (`fixed_ip_address` from the port, the router that joins the port's subnet to `public`,
   ACTIVE) even if it is bound elsewhere already: Neutron moves it without asking. `port_id: null`
-  unbinds it; a body without `port_id` leaves the binding alone.
+  unbinds it; a body without `port_id` leaves the binding alone. A project holds at most
+  FLOATINGIP_QUOTA of them (409 OverQuota); an external network with no address left in its pools
+  is 409 IpAddressGenerationFailure. Faults `floating-ip-quota` and `floating-ips-exhausted` make
+  the next creation answer so.
 - A new security group comes with Neutron's two egress rules (IPv4, IPv6); each project gets a
   `default` group the first time it lists, shows or makes groups. A rule equal to an existing one
   (protocol names and numbers, 0.0.0.0/0 and no prefix count as equal) is 409
-  `SecurityGroupRuleExists`. `description: null` is refused, as Neutron's string validator does.
+  `SecurityGroupRuleExists`. `description: null` is refused, as Neutron's string validator does, and
+  a port's `security_groups` with a group twice (what Nova's addSecurityGroup sends for a group the
+  server has already), as its list validator does.
 - Errors are `{"NeutronError": {"type", "message", "detail"}}`, so neutronclient raises the
   exception of that type (`...NotFound`, `Conflict`, `BadRequest`).
 
@@ -29,6 +34,7 @@ Nova writes its servers' ports into `world.data["ports"]` itself; `new_port`, `r
 from __future__ import annotations
 
 import ipaddress
+import time
 from urllib.parse import urlencode
 
 from .web import Fault, Request, Service, reply
@@ -43,6 +49,7 @@ PROTOCOLS = {  # the names Neutron accepts, and their IP protocol numbers
     "ospf": 89, "pgm": 113, "rsvp": 46, "sctp": 132, "tcp": 6, "udp": 17, "udplite": 136, "vrrp": 112,
 }
 PORT_PROTOCOLS = {"tcp", "udp", "dccp", "sctp", "udplite", "6", "17", "33", "132", "136"}
+FLOATINGIP_QUOTA = 50  # quota_floatingip, per project (neutron/conf/quota.py: DEFAULT_QUOTA_FIP)
 PAGING = {"fields", "limit", "marker", "page_reverse", "sort_key", "sort_dir"}
 TAG_FILTERS = {"tags", "tags-any", "not-tags", "not-tags-any"}
 COLLECTIONS = {  # URL name -> (table, JSON name of one, JSON name of many)
@@ -157,8 +164,13 @@ def _mac(world) -> str:
 
 
 def _used_addresses(world, subnet_id: str) -> set[str]:
-    return {ip["ip_address"] for p in world.data["ports"].values() for ip in p.get("fixed_ips") or []
-            if ip.get("subnet_id") == subnet_id}
+    """The subnet's addresses in use: its ports' and, on an external network, its floating IPs' (each
+    of which Neutron gives a port of its own there)."""
+    network_id = (world.data["subnets"].get(subnet_id) or {}).get("network_id")
+    floating = {f["floating_ip_address"] for f in world.data["floatingips"].values()
+                if f.get("floating_network_id") == network_id}
+    return floating | {ip["ip_address"] for p in world.data["ports"].values() for ip in p.get("fixed_ips") or []
+                       if ip.get("subnet_id") == subnet_id}
 
 
 def _allocate(world, subnet: dict, wanted: str | None = None) -> str:
@@ -212,6 +224,20 @@ def new_port(world, project_id: str, network_id: str, device_id: str = "", devic
             "binding:vnic_type": "normal", "dns_name": "", "tags": []}
     world.data["ports"][port["id"]] = _stamp(world, port)
     return port
+
+
+def check_group_list(ids) -> None:
+    """A port's `security_groups` as neutron_lib's `type:uuid_list` validator checks it, before any
+    lookup: a list, no item twice, each a UUID (neutron_lib/api/validators/__init__.py:
+    _validate_list_of_items; neutron/extensions/securitygroup.py puts it on ports)."""
+    if not isinstance(ids, list):
+        raise bad_input("security_groups", f"'{ids}' is not a list")
+    twice = list(dict.fromkeys(ident for n, ident in enumerate(ids) if ident in ids[:n]))
+    if twice:
+        raise bad_input("security_groups", f"Duplicate items in the list: '{', '.join(map(str, twice))}'")
+    for ident in ids:
+        if not _looks_like_uuid(ident):
+            raise bad_input("security_groups", f"'{ident}' is not a valid UUID")
 
 
 def _unbind(world, fip: dict) -> None:
@@ -593,15 +619,12 @@ class Neutron(Service):
         return self._show(self._port_view(port), "port", request)
 
     def _groups_of_project(self, project: str, ids) -> list[str]:
-        if not isinstance(ids, list):
-            raise bad_input("security_groups", f"'{ids}' is not a list")
+        check_group_list(ids)
         for ident in ids:
             group = self.data["security_groups"].get(ident)
             if group is None or group["project_id"] != project:
-                if not _looks_like_uuid(ident):
-                    raise bad_input("security_groups", f"'{ident}' is not a valid UUID")
                 raise not_found("security_group", ident)
-        return list(dict.fromkeys(ids))
+        return list(ids)
 
     def create_port(self, request: Request):
         project = self._project(request)
@@ -667,7 +690,7 @@ class Neutron(Service):
     def _fip_view(self, fip: dict) -> dict:
         if fip.get("port_id") and fip["port_id"] not in self.data["ports"]:
             _unbind(self.world, fip)  # its port went away without Neutron hearing of it
-        view = dict(fip)
+        view = {k: v for k, v in fip.items() if not k.startswith("_")}
         port = self.data["ports"].get(fip.get("port_id") or "")
         view["port_details"] = None if port is None else {
             k: self._port_view(port)[k] for k in ("name", "network_id", "mac_address", "admin_state_up", "status",
@@ -741,6 +764,7 @@ class Neutron(Service):
                                    f"external network {fip['floating_network_id']}.")
         before = fip.get("port_id")
         fip.update(port_id=port_id, fixed_ip_address=fixed, router_id=router["id"], status="ACTIVE")
+        fip["_bound_at"] = time.time()  # Nova hears of it later (nova.py: addresses)
         moved = f" (moved from port {before})" if before else ""
         self._changed(f"floating IP {fip['floating_ip_address']} bound to port {port_id} "
                       f"of {port.get('device_id') or 'no device'}{moved}")
@@ -756,6 +780,7 @@ class Neutron(Service):
         if "floating_ip_address" in fields:
             raise NeutronError(403, "PolicyNotAuthorized",
                                "(rule:create_floatingip:floating_ip_address) is disallowed by policy")
+        self._check_floatingip_quota(project)
         network_id = fields["floating_network_id"]
         network = self.data["networks"].get(network_id or "")
         if network is None or not self._network_visible(network, project):
@@ -763,11 +788,7 @@ class Neutron(Service):
         if not network.get("router:external"):
             raise bad_request(f"Bad floatingip request: Network {network_id} is not a valid external network.",
                               "BadRequest")
-        try:
-            address = self.world.next_address()
-        except RuntimeError:
-            raise bad_request(f"Unable to find any IP address on external network {network_id}.",
-                              "ExternalIpAddressExhausted") from None
+        address = self._external_address(network_id)
         fip = {"id": self.world.new_id(), **_owner(project), "floating_ip_address": address,
                "floating_network_id": network_id, "router_id": None, "port_id": None, "fixed_ip_address": None,
                "status": "DOWN", "description": fields.get("description", ""), "tags": [],
@@ -779,6 +800,29 @@ class Neutron(Service):
         self.data["floatingips"][fip["id"]] = fip
         self._changed(f"floating IP {address} allocated to {_project_name(self.world, project)}")
         return reply(201, {"floatingip": self._fip_view(fip)})
+
+    def _check_floatingip_quota(self, project: str) -> None:
+        """Neutron's API layer reserves quota before the plugin runs (neutron/api/v2/base.py; the driver
+        raises OverQuota, neutron/db/quota/driver.py). Fault `floating-ip-quota`: the quota is used up."""
+        held = sum(1 for f in self.data["floatingips"].values() if f["project_id"] == project)
+        if self.world.take_fault("floating-ip-quota") or held >= FLOATINGIP_QUOTA:
+            raise NeutronError(409, "OverQuota", "Quota exceeded for resources: ['floatingip'].")
+
+    def _external_address(self, network_id: str) -> str:
+        """An address from the external network's pools, as IPAM gives the floating IP's port one: none
+        left is 409 IpAddressGenerationFailure (neutron/db/ipam_pluggable_backend.py; ExternalIpAddressExhausted
+        is only for a port that got no IPv4 address, neutron/db/l3_db.py). Fault `floating-ips-exhausted`."""
+        exhausted = NeutronError(409, "IpAddressGenerationFailure",
+                                 f"No more IP addresses available on network {network_id}.")
+        if self.world.take_fault("floating-ips-exhausted"):
+            raise exhausted
+        for subnet in sorted((s for s in self.data["subnets"].values() if s["network_id"] == network_id),
+                             key=lambda s: s["id"]):
+            try:
+                return _allocate(self.world, subnet)
+            except NeutronError:  # this subnet is full: IPAM tries the next
+                continue
+        raise exhausted
 
     def update_floatingip(self, request: Request):
         project = self._project(request)

@@ -21,8 +21,10 @@ at `/compute/`. As Nova does:
   a GPU flavor that is not a reservation's cannot be placed. Otherwise: "No valid host was found".
 - **networking** is Neutron's: once placed, the server gets a port (`device_owner`
   `compute:nova`) with a fixed IP on each network it asked for, and its `addresses` are computed
-  from its ports and the floating IPs bound to them whenever it is read. Deleting a server deletes
+  from its ports and the floating IPs bound to them whenever it is read; a floating IP that Neutron
+  bound shows there only NETWORK_CHANGED_SECONDS later, as Nova hears of it. Deleting a server deletes
   the ports Nova made and leaves their floating IPs allocated to the project, unbound.
+  addSecurityGroup of a group the server has already is 400: Nova appends it and Neutron refuses.
 - **key pairs** belong to a user (`world.data["keypairs"][name]`, with `user_id`); the fingerprint
   is the colon-separated MD5 of the key, as python-chi computes it.
 
@@ -53,6 +55,11 @@ SCHEDULE_SECONDS = 20  # twin time from create to a placement (or "No valid host
 BAREMETAL_BUILD_SECONDS = 600  # twin time Ironic takes to deploy a host
 VM_BUILD_SECONDS = 60
 MAX_REAL_SECONDS = {"schedule": 0.5, "build": 4.0}
+# Real seconds from Neutron binding a floating IP to Nova listing it in the server's `addresses`: Neutron
+# sends its events to Nova in batches (neutron/notifiers/nova.py, send_events_interval: 2 s by default),
+# and Nova's `network-changed` handler then refreshes the instance's network info cache, which is where
+# `addresses` come from. Short here to keep tests fast; a World's `network_changed_seconds` overrides it.
+NETWORK_CHANGED_SECONDS = 1.0
 
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 DEPLOY_FAILED = ("Exceeded maximum number of retries. Exhausted all hosts available for retrying build "
@@ -406,8 +413,18 @@ def server_ports(world, server_id: str) -> list[dict]:
     return sorted(ports, key=lambda p: p.get("created_at", ""))
 
 
+def network_changed_seconds(world) -> float:
+    return getattr(world, "network_changed_seconds", NETWORK_CHANGED_SECONDS)
+
+
+def _nova_knows(world, ip: dict) -> bool:
+    """Has Nova's cache caught up with this floating IP's binding? (Neutron stamps `_bound_at`.)"""
+    return time.time() >= (ip.get("_bound_at") or 0) + network_changed_seconds(world)
+
+
 def addresses(world, server_id: str) -> dict:
-    """Nova's `addresses` for a server: its fixed IPs and the floating IPs on its ports, by network name."""
+    """Nova's `addresses` for a server: its fixed IPs and the floating IPs on its ports, by network name;
+    a floating IP once Nova has heard that Neutron bound it (NETWORK_CHANGED_SECONDS)."""
     shown: dict[str, list] = {}
     for port in server_ports(world, server_id):
         label = (world.data["networks"].get(port["network_id"]) or {}).get("name", port["network_id"])
@@ -417,7 +434,7 @@ def addresses(world, server_id: str) -> dict:
             entries.append({"version": version, "addr": fixed["ip_address"], "OS-EXT-IPS:type": "fixed",
                             "OS-EXT-IPS-MAC:mac_addr": port["mac_address"]})
         for ip in world.data["floatingips"].values():
-            if ip.get("port_id") == port["id"]:
+            if ip.get("port_id") == port["id"] and _nova_knows(world, ip):
                 entries.append({"version": 4, "addr": ip["floating_ip_address"], "OS-EXT-IPS:type": "floating",
                                 "OS-EXT-IPS-MAC:mac_addr": port["mac_address"]})
     return shown
@@ -1086,7 +1103,7 @@ class Nova(Service):
         if len(matches) > 1:
             raise Fault(409, f"Multiple security_group matches found for name '{name}', use an ID to be more specific.")
         if not matches:
-            raise Fault(404, f"Security group {name} not found for project {project}.")
+            raise Fault(404, f"Security group {name} is not found for project {project}")
         return matches[0]
 
     def _add_security_group(self, request: Request, server: dict, given):
@@ -1098,21 +1115,35 @@ class Nova(Service):
             if not port.get("port_security_enabled", True) or not port.get("fixed_ips"):
                 raise Fault(400, "Network requires port_security_enabled and subnet associated in order to apply "
                                  "security groups.")
-        for port in ports:
-            if group["id"] not in port.setdefault("security_groups", []):
-                port["security_groups"].append(group["id"])
-                port["updated_at"] = _stamp(self.world)
-                port["revision_number"] = port.get("revision_number", 1) + 1
+        for port in ports:  # appended without a look, as Nova does: Neutron refuses a group twice
+            wanted = list(port.get("security_groups") or []) + [group["id"]]
+            self._neutron_check_groups(wanted)
+            port["security_groups"] = wanted
+            port["updated_at"] = _stamp(self.world)
+            port["revision_number"] = port.get("revision_number", 1) + 1
         self.world.record("nova", f"security group {group.get('name')} added to server {server['name']}")
         return reply(202)
 
+    def _neutron_check_groups(self, ids: list[str]) -> None:
+        """Neutron's check of a port update (nova/network/security_group_api.py: add_to_instance); its 400
+        becomes Nova's 400 with neutronclient's text of it (the message, then the request ids)."""
+        check = _neutron("check_group_list")
+        if check is None:
+            return
+        try:
+            check(ids)
+        except Fault as refused:
+            raise Fault(400, f"{refused.message}\nNeutron server returns request_ids: "
+                             f"['req-{self.world.new_id()}']") from None
+
     def _remove_security_group(self, request: Request, server: dict, given):
-        group = self._find_group(request, self._group_name(given, "removeSecurityGroup"))
+        name = self._group_name(given, "removeSecurityGroup")
+        group = self._find_group(request, name)
         ports = server_ports(self.world, server["id"])
         if not ports:
             raise Fault(404, f"instance_id {server['id']} could not be found as device id on any ports")
-        if not any(group["id"] in (p.get("security_groups") or []) for p in ports):
-            raise Fault(400, f"Security group {group['id']} not associated with the instance {server['id']}")
+        if not any(group["id"] in (p.get("security_groups") or []) for p in ports):  # security_group_api.py
+            raise Fault(404, f"Security group {name} not associated with the instance {server['id']}")
         for port in ports:
             if group["id"] in (port.get("security_groups") or []):
                 port["security_groups"].remove(group["id"])
@@ -1168,6 +1199,7 @@ class Nova(Service):
             raise Fault(400, "No nw_info cache associated with instance")
         ip.update({"port_id": ports[0]["id"], "fixed_ip_address": ports[0]["fixed_ips"][0]["ip_address"],
                    "status": "ACTIVE", "updated_at": _stamp(self.world)})
+        ip.pop("_bound_at", None)  # Nova's own action refreshes its cache at once (@refresh_cache)
         return reply(202)
 
     def _remove_floating_ip(self, request, server, given):

@@ -23,7 +23,8 @@ def titles(variant: str) -> list[str]:
 
 def test_nvidia_steps_in_order():
     commands = [s.command for s in node_setup.steps(VARIANTS["nvidia"])]
-    order = ["git clone --quiet /tmp/mlflow-chi.bundle", "get.docker.com", "usermod -aG docker", "libnvidia-container/gpgkey",
+    order = ["git clone --quiet /tmp/mlflow-chi.bundle", "DPkg::Lock::Timeout", "get.docker.com", "usermod -aG docker",
+             "libnvidia-container/gpgkey",
              "nvidia-container-toolkit.list", "apt-get install -yq nvidia-container-toolkit jq nvtop",
              "nvidia-ctk runtime configure --runtime=docker", "native.cgroupdriver=cgroupfs",
              "systemctl restart docker", "nvidia-smi", "docker build -t jupyter-mlflow -f docker/Dockerfile.jupyter-mlflow-cuda"]
@@ -45,6 +46,7 @@ def test_vm_sets_up_like_nvidia():
 
 # Each step's guard against a second run: a check before it acts, or an action that repeats cleanly.
 SAFE_TWICE = {
+    "DPkg::Lock::Timeout": "sudo tee",  # rewrites the same file
     "get.docker.com": "command -v docker >/dev/null ||",
     "usermod": "groupadd -f",
     "gpgkey": "--batch --yes",

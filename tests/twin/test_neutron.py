@@ -255,3 +255,71 @@ def test_lists_page_with_links_as_neutronclient_follows_them(chi):
     page = client.list_floatingips(retrieve_all=False, limit=2)
     pages = [p["floatingips"] for p in page]
     assert [len(p) for p in pages] == [2, 1] and {f["id"] for p in pages for f in p} == made
+
+
+def test_a_port_update_with_a_group_twice_is_refused(chi, twin):
+    """neutron_lib's uuid_list validator refuses duplicates before anything else (what Nova's
+    addSecurityGroup of a group the server already has runs into)."""
+    from chi.clients import neutron
+    from neutronclient.common.exceptions import BadRequest
+
+    client = neutron()
+    group = client.create_security_group({"security_group": {"name": "allow-22", "description": ""}})["security_group"]
+    _, port_id = server_with_port(twin.world, chi.session().get_project_id(), "vm", "10.52.0.60")
+    with pytest.raises(BadRequest) as error:
+        client.update_port(port_id, {"port": {"security_groups": [group["id"], group["id"]]}})
+    assert str(error.value).startswith(
+        f"Invalid input for security_groups. Reason: Duplicate items in the list: '{group['id']}'.")
+    assert twin.world.data["ports"][port_id].get("security_groups") is None  # unchanged
+
+
+def public_id(world) -> str:
+    return next(n["id"] for n in world.data["networks"].values() if n["name"] == "public")
+
+
+def test_the_floating_ip_faults_answer_as_neutron_does(chi, twin):
+    from chi.clients import neutron
+    from neutronclient.common.exceptions import IpAddressGenerationFailureClient, OverQuotaClient
+
+    client, public = neutron(), public_id(twin.world)
+    twin.world.inject("floating-ips-exhausted")
+    with pytest.raises(IpAddressGenerationFailureClient) as empty:
+        client.create_floatingip({"floatingip": {"floating_network_id": public}})
+    assert empty.value.status_code == 409
+    assert str(empty.value).startswith(f"No more IP addresses available on network {public}.")
+    twin.world.inject("floating-ip-quota")
+    with pytest.raises(OverQuotaClient) as over:
+        client.create_floatingip({"floatingip": {"floating_network_id": public}})
+    assert over.value.status_code == 409
+    assert str(over.value).startswith("Quota exceeded for resources: ['floatingip'].")
+    assert client.list_floatingips()["floatingips"] == []  # neither took an address
+    client.create_floatingip({"floatingip": {"floating_network_id": public}})  # each fault is used up
+
+
+def allocated(world, project: str, count: int) -> None:
+    """`count` floating IPs of `project`, written as Neutron keeps them."""
+    public = public_id(world)
+    with world.lock:
+        for _ in range(count):
+            ident = world.new_id()
+            world.data["floatingips"][ident] = {
+                "id": ident, "project_id": project, "tenant_id": project, "floating_ip_address": world.next_address(),
+                "floating_network_id": public, "port_id": None, "fixed_ip_address": None, "router_id": None,
+                "status": "DOWN", "description": "", "tags": []}
+
+
+def test_a_used_up_quota_and_an_empty_pool_are_refused_for_real(chi, twin):
+    """Without the faults: Neutron's default quota_floatingip (50, neutron/conf/quota.py) counted
+    per project, and the external network's pool (here the twin's loopback /24) shared by all."""
+    from chi.clients import neutron
+    from neutronclient.common.exceptions import IpAddressGenerationFailureClient, OverQuotaClient
+
+    client, public, project = neutron(), public_id(twin.world), chi.session().get_project_id()
+    allocated(twin.world, project, 50)
+    with pytest.raises(OverQuotaClient):
+        client.create_floatingip({"floatingip": {"floating_network_id": public}})
+    allocated(twin.world, "0ther0000000000000000000000000000", 254 - 10 - 50)  # the rest of .10-.253
+    client.delete_floatingip(client.list_floatingips()["floatingips"][0]["id"])  # under quota again...
+    allocated(twin.world, "0ther0000000000000000000000000000", 1)  # ...and a classmate takes the last address
+    with pytest.raises(IpAddressGenerationFailureClient, match=f"No more IP addresses available on network {public}"):
+        client.create_floatingip({"floatingip": {"floating_network_id": public}})

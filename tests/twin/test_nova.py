@@ -355,3 +355,53 @@ def test_a_server_goes_when_its_lease_ends(node):
     with pytest.raises(NotFound):
         chi.server.nova().servers.get(server_id)
     assert not [p for p in world.data["ports"].values() if p["device_id"] == server_id]
+
+
+def test_adding_a_group_the_server_has_is_refused_as_neutron_refuses_the_duplicate(node):
+    """Nova appends the group to each port's list without looking, Neutron's list validator refuses
+    the duplicate (400), and Nova answers 400 with Neutron's words (nova/network/security_group_api.py)."""
+    import chi.server
+    from chi.clients import neutron
+    from novaclient.exceptions import BadRequest, NotFound
+
+    world = node.world
+    server_id = launch("node-groups", lease(world, project_id(node))).id
+    group = neutron().create_security_group({"security_group": {"name": "allow-8888", "description": ""}})
+    group_id = group["security_group"]["id"]
+    server = chi.server.get_server("node-groups")
+    server.add_security_group("allow-8888")
+    with pytest.raises(BadRequest) as error:
+        server.add_security_group(group_id)  # by id or by name: the same group
+    assert error.value.code == 400
+    assert str(error.value.message).startswith(
+        f"Invalid input for security_groups. Reason: Duplicate items in the list: '{group_id}'.\n"
+        "Neutron server returns request_ids: ['req-")
+    (port,) = [p for p in world.data["ports"].values() if p["device_id"] == server_id]
+    assert port["security_groups"].count(group_id) == 1
+    server.remove_security_group("allow-8888")
+    with pytest.raises(NotFound, match=f"Security group allow-8888 not associated with the instance {server_id}"):
+        server.remove_security_group("allow-8888")
+
+
+def test_a_floating_ip_bound_through_neutron_shows_in_addresses_only_once_nova_hears_of_it(node):
+    """Neutron tells Nova in batches (neutron/notifiers/nova.py, send_events_interval) and Nova's
+    `addresses` come from its network info cache, refreshed on that network-changed event."""
+    import chi.server
+    from chi import network
+    from chi.clients import neutron
+
+    node.world.network_changed_seconds = 1.5
+    server_id = launch("node-late-address", lease(node.world, project_id(node))).id
+    server = chi.server.get_server("node-late-address")
+    bound_at = time.time()
+    address = chi.server.associate_floating_ip(server_id)  # python-chi's way: Neutron's PUT
+    assert network.get_floating_ip(address)["port_id"]  # Neutron says bound at once...
+    assert server.get_floating_ip() is None  # ...Nova does not know yet
+    assert chi.server.nova().servers.list(search_opts={"ip": address.replace(".", r"\.")}) == []
+    while server.get_floating_ip() is None:
+        assert time.time() - bound_at < 10, "Nova never showed the floating IP"
+        time.sleep(0.1)
+    assert time.time() - bound_at >= 1.5
+    assert server.get_floating_ip() == address
+    neutron().update_floatingip(network.get_floating_ip(address)["id"], {"floatingip": {"description": "mine"}})
+    assert server.get_floating_ip() == address  # an update that keeps the binding changes nothing in Nova

@@ -91,7 +91,7 @@ def test_a_lease_not_yet_active_is_refused_before_any_request(cloud):
         assert not world(cloud)["servers"]
 
 
-def test_the_vm_goes_on_its_flavor_and_opens_the_series_ports_even_in_a_group_made_before(cloud):
+def test_the_vm_goes_on_its_flavor_and_opens_the_series_ports_even_in_a_group_made_before(cloud, capsys):
     from chi.network import neutron
 
     # A classmate made allow-8000 by hand, without its rule: it must get the rule, not be taken as is.
@@ -100,7 +100,8 @@ def test_the_vm_goes_on_its_flavor_and_opens_the_series_ports_even_in_a_group_ma
 
     chi.context.use_site("KVM@TACC")
     login.follow_site_list("KVM@TACC")
-    node_server.bring_up(VM, active_lease(VM, name="mlflow_vm"), "abc123")
+    lease = active_lease(VM, name="mlflow_vm")
+    node_server.bring_up(VM, lease, "abc123")
     [made] = world(cloud)["servers"].values()
     import chi.server
 
@@ -113,6 +114,14 @@ def test_the_vm_goes_on_its_flavor_and_opens_the_series_ports_even_in_a_group_ma
         assert [(r["protocol"], r["port_range_min"], r["port_range_max"]) for r in rules] == [("tcp", port, port)]
     on_server = {g["name"] for g in chi.server.nova().servers.get(made["id"]).security_groups}
     assert on_server >= {f"allow-{p}" for p in (22, 8000, 8888, 9000, 9001)}
+
+    # Notebook 02 run again: Nova would add each group a second time and answer 400 (Neutron refuses
+    # the duplicate), so only the groups the server lacks are added.
+    capsys.readouterr()
+    node_server.bring_up(VM, lease, "abc123")
+    [port] = [p for p in world(cloud)["ports"].values() if p["device_id"] == made["id"]]
+    assert sorted(port["security_groups"]) == sorted(set(port["security_groups"]))
+    assert "already has floating IP" in capsys.readouterr().out
 
 
 def test_a_lease_of_the_wrong_kind_is_named(cloud):
@@ -164,3 +173,32 @@ def test_a_dropped_ssh_connection_is_tried_again_once(cloud, capsys):
     cloud.world.inject("ssh-drops", count=2)
     with pytest.raises(node_setup.StepFailed, match="failed twice.*run this notebook again"):
         node_setup.run(node, node_setup.Step("the GPUs", "nvidia-smi"), retry_after=0.5)
+
+
+def test_the_address_is_waited_for_until_nova_shows_it(cloud, capsys):
+    """Nova lists a floating IP in the server's addresses seconds after Neutron binds it (its cache is
+    refreshed on Neutron's batched network-changed event); python-chi's SSH and checks read Nova's."""
+    cloud.world.network_changed_seconds = 2.5
+    node = node_server.bring_up(NVIDIA, active_lease(NVIDIA), "abc123")
+    [address] = [ip["floating_ip_address"] for ip in world(cloud)["floatingips"].values()]
+    out = capsys.readouterr().out
+    assert f"waiting for Nova to list {address}" in out
+    assert f"address {address}" in out and f"ssh cc@{address}" in out
+    assert node.get_floating_ip() == address
+
+
+def test_no_floating_ip_to_be_had_says_what_to_do(cloud):
+    lease = active_lease(NVIDIA)
+    cloud.world.inject("floating-ips-exhausted")
+    with pytest.raises(node_server.ServerError) as empty:
+        node_server.bring_up(NVIDIA, lease, "abc123")
+    assert "no public (floating) IP address left" in str(empty.value)
+    assert "Network > Floating IPs" in str(empty.value) and "instructor" in str(empty.value)
+    cloud.world.inject("floating-ip-quota")
+    with pytest.raises(node_server.ServerError) as over:
+        node_server.bring_up(NVIDIA, lease, "abc123")
+    assert "quota of floating IPs" in str(over.value)
+    assert "Network > Floating IPs" in str(over.value) and "instructor" in str(over.value)
+    assert not world(cloud)["floatingips"]
+    node_server.bring_up(NVIDIA, lease, "abc123")  # once one is free: the same server gets it
+    assert len(world(cloud)["servers"]) == 1 and len(world(cloud)["floatingips"]) == 1
