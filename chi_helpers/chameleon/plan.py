@@ -16,7 +16,9 @@ from chi_helpers.chameleon.reservation import next_block
 from chi_helpers.series import NOTEBOOKS
 from chi_helpers.variants import Variant
 
-SECURITY_GROUP_PORTS = {"ssh": 22, "jupyter": 8888, "mlflow": 8000, "minio-api": 9000, "minio-console": 9001}
+# What the VM opens: SSH, Jupyter and MLflow. The object store listens on the node's loopback only (it is
+# archived and unpatched): its console is reached through an SSH tunnel, so 9000/9001 stay closed.
+SECURITY_GROUP_PORTS = {"ssh": 22, "jupyter": 8888, "mlflow": 8000}
 
 
 @dataclass(frozen=True)
@@ -62,12 +64,13 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
                  else "flavor_name=<the lease's reserved flavor>")
     add("02_server", "python-chi",
         f"server.Server({server_name!r}, {placement}, image_name={profile.image!r}).submit(idempotent=True)",
-        ".associate_floating_ip()  # reuses the address the server has",
+        ".associate_floating_ip()  # only when Neutron shows none on the server yet",
+        "wait until Nova lists the address (seconds after Neutron binds it)",
         ".check_connectivity()  # TCP 22")
     if profile.needs_security_groups:
         for name, port in SECURITY_GROUP_PORTS.items():
             add("02_server", "python-chi", f"SecurityGroup allow-{port} ({name}, tcp {port}).submit(idempotent=True); "
-                                           f"add_security_group('allow-{port}')")
+                                           f"add_security_group('allow-{port}') unless the server has it")
     if not repo:
         add("02_server", "here", f"git bundle create {node_setup.BUNDLE} HEAD (this copy and its history); upload to the node")
     for step in node_setup.steps(profile, repo=repo, ref=ref):

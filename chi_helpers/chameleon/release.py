@@ -13,8 +13,15 @@ from chi_helpers.chameleon import reservation
 
 
 def _floating_ips(nova_server) -> list[str]:
-    return [a["addr"] for addresses in (nova_server.addresses or {}).values() for a in addresses
-            if a.get("OS-EXT-IPS:type") == "floating"]
+    """The server's floating IPs, from Neutron: bound to its ports, or made for it and not bound yet (the
+    description bring_up gives them). Nova's `addresses` miss one bound seconds ago, before its cache refresh."""
+    from chi.network import neutron
+
+    client = neutron()
+    ports = {p["id"] for p in client.list_ports(device_id=nova_server.id)["ports"]}
+    mark = f"mlflow series: {nova_server.name}"
+    return sorted(ip["floating_ip_address"] for ip in client.list_floatingips()["floatingips"]
+                  if ip.get("port_id") in ports or (ip.get("description") == mark and not ip.get("port_id")))
 
 
 def _ssh_run(address: str, command: str) -> None:

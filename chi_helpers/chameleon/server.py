@@ -167,5 +167,11 @@ def bring_up(profile: Variant, lease, user: str, wait: bool = True):
 
 
 def summary(server, address: str) -> str:
+    """The server in a line, and how to reach it from a terminal with the key python-chi made it with."""
+    from chi import context
+
+    from chi_helpers.chameleon import node_stack
+
+    key = context.get("keypair_private_key") or "<your private key>"
     return (f"{server.name}: {server.status}, image {server.image_name}, address {address}\n"
-            f"  ssh cc@{address}")
+            f"  a terminal on the node: {node_stack.ssh_command(address, key)}")

@@ -49,6 +49,9 @@ class World:
     jupyter_start_seconds: float = 1.5
     # A fresh Ubuntu 24.04 runs unattended-upgrades after boot, which holds apt's lock (minutes there).
     apt_lock_seconds: float = 2.0
+    # Nova lists a floating IP in a server's addresses only after its network cache is refreshed,
+    # seconds after Neutron binds it (Neutron's batched notice, then Nova's refresh).
+    network_changed_seconds: float = 1.0
     lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
     data: dict = field(default_factory=dict)
     faults: dict = field(default_factory=dict)  # name -> remaining count (or detail)
@@ -91,7 +94,7 @@ class World:
         """A fresh loopback address for a floating IP, in the twin's own 127.a.b.0/24."""
         base = self.address.rsplit(".", 1)[0]
         used = {ip["floating_ip_address"] for ip in self.data["floatingips"].values()}
-        for last in range(10, 255):
+        for last in range(10, 254):  # .254 is the public subnet's gateway
             candidate = f"{base}.{last}"
             if candidate not in used:
                 return candidate
