@@ -281,3 +281,19 @@ def test_jupyter_clients_take_artifacts_through_the_server(dockerfile):
     outside the Compose network cannot reach (tests/containers/ shows the download that needs this)."""
     env = dict(re.findall(r"(MLFLOW_ENABLE_PROXY_MULTIPART_\w+)=(\S+)", (DOCKER / dockerfile).read_text()))
     assert env == {"MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD": "false", "MLFLOW_ENABLE_PROXY_MULTIPART_UPLOAD": "false"}
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile.jupyter-mlflow-cuda", "Dockerfile.jupyter-mlflow-rocm"])
+def test_the_jupyter_images_run_as_the_nodes_user_id(dockerfile):
+    """The container writes into the node's checkout (git objects, the edited script, checkpoints): as uid
+    1000, the node's `cc`, so that the next `git fetch` of notebook 02 there still works. The CUDA base runs
+    as jovyan (1000) already; ROCm's runs as root unless told."""
+    lines = [line for line in (DOCKER / dockerfile).read_text().splitlines() if line.startswith("USER ")]
+    assert lines in ([], ["USER 1000"]) and ("rocm" not in dockerfile or lines == ["USER 1000"])
+
+
+def test_installs_over_the_rocm_base_keep_its_torch():
+    text = (DOCKER / "Dockerfile.jupyter-mlflow-rocm").read_text()
+    keep = re.search(r"print\(f'torch==\{torch.__version__\}.*numpy==\{numpy.__version__\}'\)\" > (\S+)", text)
+    assert keep, "the base's torch, torchvision and numpy versions are written to a constraints file"
+    assert f"pip install --no-cache-dir -c {keep[1]} " in text and f"ENV PIP_CONSTRAINT={keep[1]}" in text
