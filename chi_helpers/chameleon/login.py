@@ -19,6 +19,10 @@ sign-in (`OS_AUTH_TYPE=v3oidcaccesstoken`, `OS_ACCESS_TOKEN`, `OS_IDENTITY_PROVI
 `OS_PROTOCOL=openid`: jupyterhub_chameleon/authenticator/keycloak.py). python-chi asks the hub's API for
 a fresh access token whenever it needs one (chi/jupyterhub.py) and trades it for a Keystone token at
 Keystone's federation route. When the hub refuses, python-chi only logs why; `verify` says it.
+
+Each Chameleon site is its own OpenStack with its own Keystone: an application credential works only at
+the site whose dashboard made it (its RC file's OS_REGION_NAME and OS_AUTH_URL say which). When a site
+refuses one made elsewhere, `verify` names both sites and where to get the right RC file.
 """
 
 from __future__ import annotations
@@ -179,12 +183,9 @@ def follow_site_list(site: str) -> None:
     url = os.environ.get("CHI_RESOURCE_API_URL")
     if not url:
         return
-    import requests
     from chi import context
 
-    answer = requests.get(f"{url.rstrip('/')}/sites.json", timeout=30)
-    answer.raise_for_status()
-    web = next((item["web"] for item in answer.json().get("items", []) if item.get("name") == site), None)
+    web = _read_site_list(url).get(site)
     if web is None:
         raise LoginError(f"site {site!r} is not in the site list at {url}: set site to one of its names")
     context.set("auth_url", f"{web}:5000/v3")
@@ -234,12 +235,78 @@ def _why_refused(error: Exception, hub_reasons: list[str]) -> str | None:
         return ("Keystone refused the access token of your hub session (401): your sign-in to Chameleon has "
                 "expired or was revoked. Log out of the hub (File > Log Out), log in again, then rerun this "
                 "notebook from the top. With a project name set, check that it is yours.")
+    if isinstance(error, exceptions.Unauthorized) and (mismatch := _site_mismatch()):
+        return mismatch
     if isinstance(error, exceptions.Unauthorized):
         return ("Keystone refused these credentials (401). An application credential may have expired or been "
                 f"deleted, or its secret mistyped: {RC_HELP}. With a project name set, check that it is yours.")
     if isinstance(error, exceptions.ConnectFailure):
         return f"Keystone at {context.get('auth_url')} cannot be reached ({error}): check the site and OS_AUTH_URL"
     return None
+
+
+def _site_mismatch() -> str | None:
+    """What to say when an application credential from one site was refused at another; None when it
+    came from the site in use (or it is no application credential: federated sign-ins work at every site)."""
+    from chi import context
+
+    if not os.environ.get("OS_APPLICATION_CREDENTIAL_ID") and not os.environ.get("OS_APPLICATION_CREDENTIAL_NAME"):
+        return None
+    site = context.get("region_name")
+    made_at = os.environ.get("OS_REGION_NAME") or _site_of(os.environ.get("OS_AUTH_URL", ""))
+    if not site or not made_at or made_at == site:
+        return None
+    return (f"Keystone at {site} refused this application credential (401): this credential is from {made_at}; "
+            f"{_who_runs_at(site)} at {site}: download the RC file from {site}'s dashboard (each site has its own "
+            "Keystone, and a credential works only at the site that made it): Identity > Application Credentials > "
+            "Create Application Credential, with \"Unrestricted\" ticked, then download its openrc file and set "
+            "rc_file to it.")
+
+
+def _site_of(auth_url: str) -> str | None:
+    """The site whose Keystone is at `auth_url` (an RC file without OS_REGION_NAME), or the address itself
+    when it is not the one in use and no site in the list has it."""
+    from urllib.parse import urlsplit
+
+    from chi import context
+
+    host = urlsplit(auth_url).hostname
+    if not host or host == urlsplit(context.get("auth_url") or "").hostname:
+        return None
+    return next((name for name, web in _site_list().items() if urlsplit(web).hostname == host), auth_url)
+
+
+def _site_list() -> dict[str, str]:
+    """Each site's `web` address, from the list python-chi reads (CHI_RESOURCE_API_URL's when set, as
+    `follow_site_list` does); empty when it cannot be read."""
+    try:
+        url = os.environ.get("CHI_RESOURCE_API_URL")
+        if url:
+            return _read_site_list(url)
+        from chi import context
+
+        return {name: site.get("web", "") for name, site in context.list_sites().items()}
+    except Exception:  # the list only names the site: without it the message gives the address
+        return {}
+
+
+def _read_site_list(url: str) -> dict[str, str]:
+    """Each site's `web` address, from the site list at `url` (what CHI_RESOURCE_API_URL names)."""
+    import requests
+
+    answer = requests.get(f"{url.rstrip('/')}/sites.json", timeout=30)
+    answer.raise_for_status()
+    return {item["name"]: item.get("web", "") for item in answer.json().get("items", []) if item.get("name")}
+
+
+def _who_runs_at(site: str) -> str:
+    """'the vm variant runs' (or 'the nvidia and amd variants run', or 'this run signs in')."""
+    from chi_helpers.variants import VARIANTS
+
+    names = [variant.name for variant in VARIANTS.values() if variant.site == site]
+    if not names:
+        return "this run signs in"
+    return f"the {' and '.join(names)} variant{'s run' if len(names) > 1 else ' runs'}"
 
 
 def _hub_session() -> bool:

@@ -15,9 +15,10 @@ import shlex
 from pathlib import Path
 
 # Where to get a credential that can make leases (the sign-in checks quote it too).
-CREDENTIAL_HELP = ("make one on the site's dashboard: Identity > Application Credentials > Create Application "
-                   'Credential, with "Unrestricted" ticked (a restricted one cannot make leases), then download '
-                   "its openrc file")
+CREDENTIAL_HELP = ("make one on the dashboard of the variant's site (CHI@TACC, or KVM@TACC for the vm: each site has "
+                   "its own Keystone): Identity > Application Credentials > Create Application Credential, with "
+                   '"Unrestricted" ticked (a restricted one cannot make leases) and the member and reader roles (or '
+                   "none selected), then download its openrc file")
 
 # OS_* for OpenStack; CHI_* for python-chi (CHI_RESOURCE_API_URL: where it reads the list of sites).
 EXPORT = re.compile(r"^\s*export\s+((?:OS|CHI)_[A-Z0-9_]+)=(.*)$")

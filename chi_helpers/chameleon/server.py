@@ -26,6 +26,42 @@ class ServerError(RuntimeError):
     """The server cannot be used; the message says what to do."""
 
 
+# Chameleon's docs (technical/cli/authentication.rst): a credential with only the `member` role gets 403 on
+# the image list (and Nova's flavor extra specs): Glance and Nova ask for `reader`, and Chameleon's Keystone
+# does not add the `reader` that `member` implies to such a credential. A credential's roles cannot be
+# changed (Keystone has no update for them), so a new one is made.
+NO_READER = ("the application credential has no `reader` role, which reading images and flavors needs. Add the "
+             "reader role by making a new application credential with it (an existing one's roles cannot be "
+             "changed): on the site's dashboard, Identity > Application Credentials > Create Application "
+             "Credential, select both `member` and `reader` (or no role: it then gets all of yours), tick "
+             "\"Unrestricted\", download its openrc file, and use it as rc_file.")
+
+
+def forbidden_read(error: Exception) -> str | None:
+    """What Glance or Nova said when it refused a read (403), or None for any other error."""
+    from glanceclient.exc import HTTPForbidden
+    from novaclient.exceptions import Forbidden
+
+    if isinstance(error, HTTPForbidden):
+        return f"Glance refused to list images (403 Forbidden: {' '.join(str(error).split())})"
+    if isinstance(error, Forbidden):
+        return f"Nova refused to show the flavor's extra specs (403 Forbidden: {getattr(error, 'message', error)})"
+    return None
+
+
+def new_server(profile: Variant, lease, name: str):
+    """python-chi's Server for `name`: it looks the image up in Glance, and a flavor's reservation in Nova."""
+    import chi.server
+
+    try:
+        return chi.server.Server(name, image_name=profile.image, **placement(profile, lease))
+    except Exception as error:
+        refused = forbidden_read(error)
+        if refused is None:
+            raise
+        raise ServerError(f"{refused}: {NO_READER}") from None
+
+
 def server_name(user: str) -> str:
     return f"node-mlflow-{user}"
 
@@ -134,13 +170,11 @@ def wait_for_address(server, address: str, limit: float = ADDRESS_WAIT_SECONDS, 
 
 def bring_up(profile: Variant, lease, user: str, wait: bool = True):
     """The server, ACTIVE, with a floating IP and SSH answering; returns the python-chi Server."""
-    import chi.server
-
     if lease.status != "ACTIVE":
         raise ServerError(f"lease {lease.name} is {lease.status}, not ACTIVE: a server can start only once it is. "
                           "Run this again when the lease has started.")
     name = server_name(user)
-    server = chi.server.Server(name, image_name=profile.image, **placement(profile, lease))
+    server = new_server(profile, lease, name)
     server.submit(idempotent=True, wait_for_active=False, show=None)
     if wait:
         server.wait(show="text")

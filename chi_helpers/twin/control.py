@@ -2,9 +2,11 @@
 
 `start()` runs everything in this process (the tests use it directly); `python -m chi_helpers twin
 up` runs `main()` in a background process that does the same and keeps going until `twin down`.
-The RC file it writes is an application credential, like the one a headless run uses on
-Chameleon, plus `CHI_RESOURCE_API_URL`, which points python-chi's site list at the twin. Beside it:
-a user-and-password RC file, and `twin-hub.env`, the environment of a kernel on Chameleon's
+CHI@TACC's services answer on the twin's address, KVM@TACC's on a second loopback address with a
+Keystone of its own (twin/sites.py). The RC file it writes is CHI@TACC's application credential, like
+the one a headless run uses on Chameleon, plus `CHI_RESOURCE_API_URL`, which points python-chi's site
+list at the twin. Beside it: KVM@TACC's (`twin-kvm-openrc.sh`: a credential of that site, for the vm
+variant), a user-and-password RC file, and `twin-hub.env`, the environment of a kernel on Chameleon's
 JupyterHub (no credential of its own: python-chi asks the hub stand-in for an access token).
 """
 
@@ -18,18 +20,20 @@ import shlex
 import socket
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from chi_helpers import network_guard
-from chi_helpers.twin import jupyterhub, keystone
+from chi_helpers.twin import jupyterhub, keystone, sites
 from chi_helpers.twin.web import Fault, Request, Service, TwinServer, reply, serve
 from chi_helpers.twin.world import FAULTS, World
 
 PORT = 5000  # python-chi builds auth_url as <site web>:5000/v3; every service shares the port
 SERVICE_MODULES = ["keystone", "sites", "blazar", "nova", "neutron", "glance", "jupyterhub"]
+SITE_SERVICE_MODULES = ["keystone", "blazar", "nova", "neutron", "glance"]  # what KVM@TACC serves itself
 PROJECT, USER, PASSWORD = "CHI-000000", "ci-user", "twin-password"
 HUB_ENV = "twin-hub.env"
+RC_FILE, KVM_RC_FILE = "twin-openrc.sh", "twin-kvm-openrc.sh"
 
 
 @dataclass
@@ -39,16 +43,28 @@ class Twin:
     rc_file: Path
     nodes: object | None = None
     _stop: threading.Event | None = None
+    site_servers: list = field(default_factory=list)  # KVM@TACC's
 
     @property
     def url(self) -> str:
         return self.world.url()
 
+    @property
+    def kvm_rc_file(self) -> Path:
+        """KVM@TACC's RC file: a credential only KVM@TACC's Keystone knows (the vm variant's site)."""
+        return self.rc_file.with_name(KVM_RC_FILE)
+
     def environment(self) -> dict[str, str]:
-        """The variables the RC file exports (what a process needs to use the twin)."""
+        """The variables the RC file exports (what a process needs to use the twin at CHI@TACC)."""
         from chi_helpers.chameleon.openstack_rc import parse
 
         return parse(self.rc_file.read_text())
+
+    def kvm_environment(self) -> dict[str, str]:
+        """The variables KVM@TACC's RC file exports."""
+        from chi_helpers.chameleon.openstack_rc import parse
+
+        return parse(self.kvm_rc_file.read_text())
 
     @property
     def hub_env_file(self) -> Path:
@@ -63,8 +79,9 @@ class Twin:
             self._stop.set()
         if self.nodes is not None:
             self.nodes.stop()
-        self.server.shutdown()
-        self.server.server_close()
+        for server in [self.server, *self.site_servers]:
+            server.shutdown()
+            server.server_close()
 
 
 def summary_of(data: dict) -> dict:
@@ -103,12 +120,16 @@ class Admin(Service):
         return reply(200, {"faults": self.world.faults})
 
 
-def free_address(state_dir: Path) -> str:
-    """A loopback address 127.a.b.1 whose port 5000 is free, stable for a state folder when possible."""
-    seed = sum(str(state_dir.resolve()).encode()) % 200
+def free_address(state_dir: Path, site: str = "", taken: tuple[str, ...] = ()) -> str:
+    """A loopback address 127.a.b.1 whose port 5000 is free, stable for a state folder (and site) when
+    possible, in none of the /24s of `taken` (the twin's floating IPs come from its own /24)."""
+    seed = sum(f"{state_dir.resolve()}{site}".encode()) % 200
+    busy = {address.rsplit(".", 1)[0] for address in taken}
     for offset in range(200):
         a, b = 100 + (seed + offset) % 100, (seed * 7 + offset) % 250 + 1
         address = f"127.{a}.{b}.1"
+        if address.rsplit(".", 1)[0] in busy:
+            continue
         with socket.socket() as probe:
             try:
                 probe.bind((address, PORT))
@@ -118,14 +139,16 @@ def free_address(state_dir: Path) -> str:
     raise RuntimeError("no loopback address with port 5000 free")
 
 
-def write_rc(world: World, path: Path, credential_id: str, secret: str) -> None:
+def write_rc(world: World, path: Path, credential_id: str, secret: str, site: str = "CHI@TACC") -> None:
+    """An application credential's RC file, as `site`'s dashboard hands it out (its Keystone, its region).
+    The site list (CHI_RESOURCE_API_URL) is the twin's, whichever site wrote it."""
     lines = [
-        "# OpenStack RC file for the Chameleon twin (an application credential, as a headless run uses).",
-        f"export OS_AUTH_URL={world.url('/v3')}",
+        f"# OpenStack RC file for the Chameleon twin's {site} (an application credential, as a headless run uses).",
+        f"export OS_AUTH_URL=http://{sites.address_of(world, site)}:{world.port}/v3",
         "export OS_AUTH_TYPE=v3applicationcredential",
         "export OS_IDENTITY_API_VERSION=3",
         "export OS_INTERFACE=public",
-        "export OS_REGION_NAME=CHI@TACC",
+        f"export OS_REGION_NAME={site}",
         f"export OS_APPLICATION_CREDENTIAL_ID={credential_id}",
         f"export OS_APPLICATION_CREDENTIAL_SECRET={secret}",
         "export OS_KEYPAIR_NAME=twin-rehearsal",  # python-chi's default is $USER-jupyter; CI may have no USER
@@ -225,8 +248,11 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     if not ipaddress.ip_address(address).is_loopback:
         raise ValueError(f"the twin only listens on loopback addresses (127.0.0.0/8), not {address}")
     world = World(state_dir, address, PORT, speed=speed, end_speed=end_speed)
+    kvm = sites.SiteWorld(world, free_address(state_dir, sites.KVM, taken=(address,)))
+    sites.place(world, kvm.address)
     credential_id, secret = world.new_id().replace("-", ""), world.new_id().replace("-", "")
     keystone.seed(world, PROJECT, USER, PASSWORD, credential_id, secret)
+    kvm_credential = keystone.add_site_credential(world, sites.KVM, f"{USER}-twin")
     keystone.set_lifetimes(world, access_token=access_token_seconds)
     mounted: list[Service] = [Admin(world)]
     for name in SERVICE_MODULES:
@@ -237,13 +263,17 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
         if hasattr(module, "seed_inventory"):
             module.seed_inventory(world)
     server = serve(world, mounted, address, PORT)
+    kvm_server = serve(kvm, [service for name in SITE_SERVICE_MODULES
+                             for service in importlib.import_module(f"{__package__}.{name}").services(kvm)],
+                       kvm.address, PORT)
     make_key_pair(state_dir / "keys")
-    rc_file = state_dir / "twin-openrc.sh"
+    rc_file = state_dir / RC_FILE
     write_rc(world, rc_file, credential_id, secret)
+    write_rc(world, state_dir / KVM_RC_FILE, kvm_credential["id"], kvm_credential["secret"], site=sites.KVM)
     write_password_rc(world, state_dir / "twin-password-openrc.sh")
     write_hub_env(world, state_dir / HUB_ENV, jupyterhub.seed(world, USER))
     world.save()
-    twin = Twin(world, server, rc_file)
+    twin = Twin(world, server, rc_file, site_servers=[kvm_server])
     if nodes:
         from chi_helpers.twin.node import Nodes
 
@@ -257,6 +287,8 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
         threading.Thread(target=keep_in_step, name="twin-nodes", daemon=True).start()
     (state_dir / "twin.json").write_text(json.dumps({"address": address, "port": PORT, "pid": os.getpid(),
                                                      "rc_file": str(rc_file), "hub_env": str(twin.hub_env_file),
+                                                     "kvm_rc_file": str(twin.kvm_rc_file),
+                                                     "site_addresses": world.data["site_addresses"],
                                                      "started": time.time()}))
     return twin
 
@@ -281,7 +313,8 @@ def main(argv: list[str] | None = None) -> int:
     stopping = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     signal.signal(signal.SIGINT, lambda *_: stopping.set())
-    print(f"twin at {twin.url}; RC file {twin.rc_file}; a hub kernel's environment {twin.hub_env_file}", flush=True)
+    print(f"twin at {twin.url} (KVM@TACC at {sites.address_of(twin.world, sites.KVM)}); RC files {twin.rc_file} "
+          f"(CHI@TACC) and {twin.kvm_rc_file} (KVM@TACC); a hub kernel's environment {twin.hub_env_file}", flush=True)
     stopping.wait()
     twin.stop()
     print("twin stopped", flush=True)

@@ -1,7 +1,8 @@
 """`python -m chi_helpers twin up|status|down|fault`: the twin as a background process.
 
 `up` starts `chi_helpers.twin.control` detached, waits until it answers, and prints the path of its
-OpenStack RC file as its last line; a second `up` finds it running and prints the same path.
+OpenStack RC file (CHI@TACC's) as its last line; KVM@TACC's, for the vm variant, is beside it
+(`twin-kvm-openrc.sh`), and `up` names it. A second `up` finds it running and prints the same path.
 `status` asks the running twin (or, when it is down, reads the state it saved); `down` stops it
 and everything it started (SSH nodes, their tracking stacks, notebook runs).
 """
@@ -46,6 +47,7 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, speed: float = 60.0, timeout: float 
     info = _info(state_dir)
     if info:
         clock.say(f"twin already running at {_url(info)} (pid {info['pid']})")
+        _name_kvm(info, clock)
         return Path(info["rc_file"])
     state_dir.mkdir(parents=True, exist_ok=True)
     (state_dir / "twin.json").unlink(missing_ok=True)
@@ -58,12 +60,21 @@ def up(state_dir: Path = DEFAULT_STATE_DIR, speed: float = 60.0, timeout: float 
         info = _info(state_dir)
         if info and processes.http_ok(f"{_url(info)}/twin/status"):
             clock.say(f"twin answering at {_url(info)}: Keystone {_url(info)}/v3, sites {_url(info)}/api/sites.json")
+            _name_kvm(info, clock)
             return Path(info["rc_file"])
         if process.poll() is not None:
             raise TwinError(f"the twin exited with status {process.returncode}:\n{processes.tail(log)}")
         time.sleep(0.3)
     processes.stop_tree(process.pid)
     raise TwinError(f"the twin did not answer within {timeout:.0f} s:\n{processes.tail(log)}")
+
+
+def _name_kvm(info: dict, clock: Clock) -> None:
+    """KVM@TACC has a Keystone of its own: the vm variant signs in there, with that site's RC file."""
+    address = info.get("site_addresses", {}).get("KVM@TACC")
+    if address and info.get("kvm_rc_file"):
+        clock.say(f"KVM@TACC (the vm variant's site) answers at http://{address}:{info['port']}, with its own "
+                  f"credentials: its RC file is {info['kvm_rc_file']}")
 
 
 def status(state_dir: Path = DEFAULT_STATE_DIR) -> dict:

@@ -10,6 +10,9 @@ Mounted at `/image` (the catalog's endpoint; glanceclient adds `/v2/...` itself)
   (default 25, at most 1000) and `marker`, with a `next` link while a page is full;
 - `GET /v2/images/<id>`, and the schemas glanceclient builds its models from
   (`/v2/schemas/image`, `/v2/schemas/images`);
+- reading images needs the `reader` role in the token (glance/policies/image.py: get_images and
+  get_image are "role:reader and project_id:..." under secure RBAC, the defaults since 2023.2): without
+  it the list is 403 and one image 404 (glance/api/v2/policy.py ImageAPIPolicy._enforce hides it);
 - errors are webob's HTML pages, as Glance sends them (glanceclient reads the text out of them).
 """
 
@@ -19,6 +22,7 @@ import hashlib
 from datetime import timedelta
 from urllib.parse import unquote, urlencode
 
+from .keystone import has_role
 from .web import Fault, Reply, Request, Service, reply
 
 VERSIONS = ["2.16", "2.15", "2.14", "2.13", "2.12", "2.11", "2.10", "2.9", "2.8", "2.7", "2.6", "2.5", "2.4",
@@ -162,6 +166,8 @@ class Glance(Service):
         return str(value) == wanted if not isinstance(value, bool) else str(value).lower() == wanted.lower()
 
     def list_images(self, request: Request):
+        if not has_role(request.token(), "reader"):  # glance/common/exception.py Forbidden
+            raise Fault(403, "You are not authorized to complete get_images action.")
         images = self._visible(request, listing=True)
         for key, values in request.query.items():
             if key in ("limit", "marker", "sort_key", "sort_dir", "sort", "member_status", "tag", "os_hidden"):
@@ -227,6 +233,8 @@ class Glance(Service):
 
     def get_image(self, request: Request):
         ident = unquote(request.param("image"))
+        if not has_role(request.token(), "reader"):  # Forbidden on get_image becomes webob's bare NotFound
+            raise Fault(404, "The resource could not be found.")
         for image in self._visible(request, listing=False):
             if image["id"] == ident:
                 return reply(200, self._show(image))

@@ -7,7 +7,19 @@ the token in the `X-Subject-Token` header, 201). As Keystone does:
   refused with 401 ("Application credentials cannot request a scope"), and its token is scoped to
   that project without asking;
 - a wrong secret or password is 401, with the same message whichever part was wrong;
-- an unscoped token has no catalog; a scoped one lists every service in every region.
+- an unscoped token has no catalog; a scoped one lists every service of the site (region) whose
+  Keystone issued it, at that site's address;
+- each site has its own Keystone (twin/sites.py): an application credential belongs to the site that
+  made it and is unknown elsewhere (401, as a wrong secret), and a token is taken only by its own
+  site's services (401). Users and projects are federated, so they are the same at every site.
+
+Application credentials carry roles: those given when made, else every role of the token that made it
+(keystone/api/users.py `_get_roles`), and a token made from one has exactly those roles
+(keystone/models/token_model.py `_get_application_credential_roles`). Keystone before 2024.2 adds no
+implied role to roles given by name (the fix, keystone 26.0.0, is bug 2030061): a credential made with
+`member` only has no `reader`, so Glance's image list and Nova's flavor extra specs refuse its tokens
+(403). Chameleon's docs (technical/cli/authentication.rst) name exactly this and say to include
+`reader`. A user's own tokens carry `member` and the `reader` it implies (keystone/cmd/bootstrap.py).
 
 Application credentials are restricted unless made with `"unrestricted": true` (the dashboard's
 "Unrestricted" box, unticked by default). A token made from a restricted one may create neither
@@ -33,6 +45,7 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from .sites import keystone_site, sites_at
 from .web import Fault, Request, Service, reply
 
 DOMAIN = {"id": "chameleon", "name": "chameleon"}  # the domain Chameleon's projects (and federated users) are in
@@ -44,8 +57,9 @@ SERVICES = [  # (type, name, path below the twin's address)
     ("network", "neutron", "/network"),
     ("image", "glance", "/image"),
 ]
-REGIONS = ["CHI@TACC", "CHI@UC", "KVM@TACC"]
-ROLES = [{"id": "member", "name": "member"}, {"id": "reader", "name": "reader"}]  # a project member's
+# A project member's roles, with the one `member` implies (keystone/cmd/bootstrap.py: member implies reader).
+ROLES = [{"id": "member", "name": "member"}, {"id": "reader", "name": "reader"}]
+KNOWN_ROLES = ("admin", "member", "reader")  # keystone-manage bootstrap's roles (keystone/cmd/bootstrap.py)
 BLAZAR_USER = "blazar"  # Blazar's service user: the trustee of every lease's trust
 IDENTITY_PROVIDER, PROTOCOL = "chameleon", "openid"  # Chameleon's Keycloak, as its Keystones know it
 # How long tokens last unless a test asks otherwise. Keystone's own default is an hour ([token]
@@ -61,7 +75,8 @@ def forbidden(action: str) -> Fault:
 
 def seed(world, project: str, user: str, password: str, credential_id: str, credential_secret: str,
          unrestricted: bool = True) -> None:
-    """One user, member of `project`, with a password and an application credential for that project.
+    """One user, member of `project`, with a password and an application credential for that project
+    at the site of `world` (see `add_site_credential` for one at another site).
 
     The credential is unrestricted by default: the one a headless run uses must make leases, and
     Chameleon's docs say to tick "Unrestricted" for that."""
@@ -116,20 +131,54 @@ def introspect(world, access_token: str) -> dict | None:
 
 
 def add_application_credential(world, user_id: str, project_id: str, name: str, unrestricted: bool = False,
-                               credential_id: str | None = None, secret: str | None = None) -> dict:
-    """An application credential of `user_id` for `project_id`: restricted unless asked, as Keystone
-    stores it (keystone/application_credential/backends/sql.py: `unrestricted` is NULL unless given).
-    Names are unique per user (409, keystone/common/sql/core.py handle_conflicts)."""
+                               credential_id: str | None = None, secret: str | None = None,
+                               roles: list[str] | None = None, site: str | None = None,
+                               held: list[dict] | None = None) -> dict:
+    """An application credential of `user_id` for `project_id`, made at `site` (default: the site of
+    `world`) and known only there: restricted unless asked, as Keystone stores it
+    (keystone/application_credential/backends/sql.py: `unrestricted` is NULL unless given), with the
+    `roles` named (default: all of `held`, the roles of the token that makes it; the user's own by
+    default). Names are unique per user at a site (409, keystone/common/sql/core.py handle_conflicts)."""
     credentials = world.data["application_credentials"]
-    if any(c["user_id"] == user_id and c["name"] == name for c in credentials.values()):
+    site = site or keystone_site(world)
+    if any(c["user_id"] == user_id and c["name"] == name and c.get("site", site) == site
+           for c in credentials.values()):
         raise Fault(409, f"Conflict occurred attempting to store application_credential - "
                          f"Duplicate entry found with name {name}.")
     credential = {"id": credential_id or world.new_id().replace("-", ""), "name": name,
                   "secret": secret or world.new_id().replace("-", ""), "user_id": user_id,
                   "project_id": project_id, "unrestricted": bool(unrestricted), "description": None,
-                  "expires_at": None, "roles": list(ROLES), "access_rules": []}
+                  "expires_at": None, "roles": credential_roles(roles, held or ROLES), "access_rules": [],
+                  "site": site}
     credentials[credential["id"]] = credential
     return credential
+
+
+def credential_roles(names: list[str] | None, held: list[dict]) -> list[dict]:
+    """The roles a new credential gets (keystone/api/users.py `_get_roles`, as before 2024.2): the ones
+    named, none implied added, each one Keystone knows (404) and the maker's token holds (400); by
+    default all of the token's."""
+    if not names:
+        return [dict(role) for role in held]
+    for name in names:
+        if name not in KNOWN_ROLES:  # keystone/exception.py RoleNotFound
+            raise Fault(404, f"Could not find role: {name}.")
+        if name not in {role["name"] for role in held}:
+            raise Fault(400, "Invalid application credential: Cannot create an application credential with "
+                             "unassigned role")
+    return [{"id": name, "name": name} for name in dict.fromkeys(names)]
+
+
+def add_site_credential(world, site: str, name: str, unrestricted: bool = True) -> dict:
+    """An application credential of the seeded user (the first), made at `site`'s Keystone."""
+    user = next(iter(world.data["users"].values()))
+    return add_application_credential(world, user["id"], user["projects"][0], name, unrestricted, site=site)
+
+
+def has_role(token: dict, name: str) -> bool:
+    """Does the token carry role `name`? What oslo.policy's `role:<name>` checks (on the token's roles only:
+    implied roles count only when Keystone put them in the token)."""
+    return name in {role["name"] for role in token.get("roles", [])}
 
 
 def credential_of(world, token: dict) -> dict | None:
@@ -162,11 +211,13 @@ def create_trust(world, token: dict, trustee_user_id: str, project_id: str | Non
 
 
 def catalog(world) -> list[dict]:
+    """The services of the site(s) whose Keystone `world` serves, at their address: each Chameleon
+    Keystone lists its own region only."""
     entries = []
     for kind, name, path in SERVICES:
         url = world.url(path)
         endpoints = [{"id": f"{name}-{region}", "interface": interface, "region": region, "region_id": region,
-                      "url": url} for region in REGIONS for interface in ("public", "internal")]
+                      "url": url} for region in sites_at(world) for interface in ("public", "internal")]
         entries.append({"id": name, "type": kind, "name": name, "endpoints": endpoints})
     return entries
 
@@ -224,7 +275,7 @@ class Keystone(Service):
                 credential = next((c for c in credentials.values() if c["name"] == given["name"]
                                    and owner.get("id") in (None, c["user_id"])
                                    and owner.get("name") in (None, users[c["user_id"]]["name"])), None)
-            if credential is None or credential["secret"] != given.get("secret"):
+            if credential is None or credential["secret"] != given.get("secret") or not self._made_here(credential):
                 raise refused
             return users[credential["user_id"]], credential, None
         if methods == ["password"]:
@@ -239,10 +290,14 @@ class Keystone(Service):
             return users[old["user"]["id"]], credential_of(self.world, old), old
         raise Fault(401, f"Unsupported authentication method: {', '.join(methods) or 'none'}")
 
+    def _made_here(self, credential: dict) -> bool:
+        """Was the credential made at this Keystone's site? Another site's Keystone does not know it."""
+        return credential.get("site", keystone_site(self.world)) in sites_at(self.world)
+
     def _live_token(self, token_id: str) -> dict:
-        """A token Keystone still knows: unknown and expired ones are not found (404)."""
+        """A token this Keystone still knows: unknown, expired and other sites' ones are not found (404)."""
         token = self.world.data["tokens"].get(token_id)
-        if token is None or expired(token, self.world.now()):
+        if token is None or expired(token, self.world.now()) or token.get("site") not in sites_at(self.world):
             raise Fault(404, "Could not find token.")
         return token
 
@@ -303,13 +358,14 @@ class Keystone(Service):
         }
         if project:
             body["project"] = {"id": project["id"], "name": project["name"], "domain": DOMAIN}
-            body["roles"] = list(ROLES)
+            # token_model.py: a credential's token has the credential's roles, no implied ones added
+            body["roles"] = [dict(role) for role in credential["roles"]] if credential else list(ROLES)
             body["catalog"] = catalog(self.world)
             body["is_domain"] = False
         if credential:  # keystone/common/render_token.py: restricted is "not unrestricted"
             body["application_credential"] = {"id": credential["id"], "name": credential["name"],
                                               "restricted": not credential.get("unrestricted")}
-        self.world.data["tokens"][token_id] = {**body, "bound_project": bound}
+        self.world.data["tokens"][token_id] = {**body, "bound_project": bound, "site": keystone_site(self.world)}
         return token_id, body
 
     def _forget_expired(self, now: datetime) -> None:
@@ -347,7 +403,7 @@ class Keystone(Service):
         request.token()
         subject_id = request.headers.get("x-subject-token", "")
         subject = self._live_token(subject_id)
-        shown = {k: v for k, v in subject.items() if k != "bound_project"}
+        shown = {k: v for k, v in subject.items() if k not in ("bound_project", "site")}
         return reply(200, {"token": shown}, X_Subject_Token=subject_id)
 
     def revoke(self, request: Request):
@@ -403,11 +459,13 @@ class Keystone(Service):
         project = (token.get("project") or {}).get("id")
         if not project:  # a limit of the twin: Keystone would make one bound to no project
             raise Fault(400, "the twin makes application credentials from project-scoped tokens only")
+        roles = [role.get("name") or role.get("id") for role in given.get("roles") or []]
         made = add_application_credential(self.world, token["user"]["id"], project, given["name"],
-                                          given.get("unrestricted") is True, secret=given.get("secret"))
+                                          given.get("unrestricted") is True, secret=given.get("secret"), roles=roles,
+                                          held=token.get("roles"))
         self.world.record("keystone", f"application credential {made['name']} "
                                       f"({'unrestricted' if made['unrestricted'] else 'restricted'})")
-        shown = {k: v for k, v in made.items() if k != "user_id"}
+        shown = {k: v for k, v in made.items() if k not in ("user_id", "site")}
         shown["links"] = {"self": self.world.url(f"/v3/users/{made['user_id']}/application_credentials/{made['id']}")}
         return reply(201, {"application_credential": shown})
 

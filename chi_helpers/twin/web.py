@@ -63,12 +63,18 @@ class Request:
         return self.match.group(name)
 
     def token(self) -> dict:
-        """The Keystone token this request carries; 401 without a valid one."""
+        """The Keystone token this request carries; 401 without a valid one. A token is valid only at the
+        site whose Keystone issued it: each Chameleon site has its own (keystonemiddleware asks that one)."""
         value = self.headers.get("x-auth-token", "")
         token = self.world.data["tokens"].get(value)
-        if not token:
+        if not token or not self.issued_here(token):
             raise Fault(401, "The request you have made requires authentication.")
         return token
+
+    def issued_here(self, token: dict) -> bool:
+        """Was `token` issued by the Keystone of the site this request reached? (twin/sites.py places the sites.)"""
+        addresses = self.world.data.get("site_addresses", {})
+        return addresses.get(token.get("site"), self.world.address) == self.world.address
 
 
 class Service:

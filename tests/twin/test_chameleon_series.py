@@ -39,8 +39,8 @@ def twin_daemon(tmp_path_factory):
     state = tmp_path_factory.mktemp("twin-daemon")
     up = command("twin", "up", "--state-dir", str(state), timeout=120)
     assert up.returncode == 0, up.stderr[-3000:]
-    rc_file = up.stdout.strip().splitlines()[-1]  # the last line: the RC file's path
-    assert Path(rc_file).is_file()
+    rc_file = up.stdout.strip().splitlines()[-1]  # the last line: the RC file's path (CHI@TACC's)
+    assert Path(rc_file).is_file() and site_rc_file(rc_file, "vm").is_file()
     yield state, rc_file
     down = command("twin", "down", "--state-dir", str(state), timeout=120)
     assert down.returncode == 0, down.stderr[-3000:]
@@ -52,6 +52,12 @@ def twin_daemon(tmp_path_factory):
     assert left == [], left
 
 
+def site_rc_file(rc_file: str, variant: str) -> Path:
+    """The RC file of the variant's site: each site has its own Keystone, and KVM@TACC (the vm variant's)
+    knows none of CHI@TACC's credentials. The twin writes KVM@TACC's beside CHI@TACC's."""
+    return Path(rc_file).with_name("twin-kvm-openrc.sh") if variant == "vm" else Path(rc_file)
+
+
 def status(state: Path) -> dict:
     done = command("twin", "status", "--json", "--state-dir", str(state), timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -60,7 +66,8 @@ def status(state: Path) -> dict:
 
 def chameleon_run(state, rc_file, out: Path, variant: str = "nvidia", node: str = "liqid01", user: str = "ci01"):
     args = ["run", "--target", "chameleon", "--gpu", variant, "--project", "CHI-000000", "--user", user,
-            "--lease-name", f"mlflow_{user}", "--rc-file", rc_file, "--output", str(out), *TWIN_RUN]
+            "--lease-name", f"mlflow_{user}", "--rc-file", str(site_rc_file(rc_file, variant)), "--output", str(out),
+            *TWIN_RUN]
     if node:
         args += ["--node", node]
     return command(*args, timeout=1500)
@@ -103,7 +110,7 @@ def test_the_readme_rehearsal_runs_twice_and_releases(twin_daemon, tmp_path, var
     assert len(now["floating_ips"]) == 1
 
     released = command("release", "--gpu", variant, "--lease-name", f"mlflow_{user}", "--user", user,
-                       "--project", "CHI-000000", "--rc-file", rc_file)
+                       "--project", "CHI-000000", "--rc-file", str(site_rc_file(rc_file, variant)))
     assert released.returncode == 0, released.stderr[-3000:]
     assert status(state) == {"leases": [], "servers": [], "floating_ips": []}
 
@@ -114,7 +121,7 @@ def test_the_other_variants_run_and_end_their_lease(twin_daemon, tmp_path, varia
     state, rc_file = twin_daemon
     user = f"ci{variant}"
     args = ["run", "--target", "chameleon", "--gpu", variant, "--user", user, "--lease-name", f"mlflow_{user}",
-            "--rc-file", rc_file, "--output", str(tmp_path), "--end-lease", *TWIN_RUN]
+            "--rc-file", str(site_rc_file(rc_file, variant)), "--output", str(tmp_path), "--end-lease", *TWIN_RUN]
     done = command(*(args + (["--node", node] if node else [])), timeout=1500)
     assert (tmp_path / "report.json").exists(), (done.stdout[-3000:], done.stderr[-3000:])
     report = json.loads((tmp_path / "report.json").read_text())

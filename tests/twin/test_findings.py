@@ -149,9 +149,46 @@ def test_a_missing_server_is_a_sentence(signed_in):
 # --- release at the variant's site ---------------------------------------------------------------
 
 def test_release_of_the_vm_variant_goes_to_kvm(twin):
-    done = cli("release", "--gpu", "vm", "--rc-file", str(twin.rc_file), "--lease-name", "mlflow_vm", "--user", "vm",
-               env=base_env())
+    done = cli("release", "--gpu", "vm", "--rc-file", str(twin.kvm_rc_file), "--lease-name", "mlflow_vm",
+               "--user", "vm", env=base_env())
     assert done.returncode == 0, done.stderr[-2000:]
     requests_log = (twin.world.state_dir / "requests.log").read_text()
     assert "/api/sites.json" in requests_log
     assert "Now using KVM@TACC" in done.stdout  # before: CHI@TACC whatever the variant
+
+
+def test_the_vm_variant_with_chi_at_tacc_s_rc_file_names_the_mismatch(twin):
+    # Each site has its own Keystone: KVM@TACC does not know a CHI@TACC credential (401).
+    done = cli("release", "--gpu", "vm", "--rc-file", str(twin.rc_file), "--lease-name", "mlflow_vm", "--user", "vm",
+               env=base_env())
+    assert done.returncode != 0
+    assert "this credential is from CHI@TACC; the vm variant runs at KVM@TACC" in done.stdout + done.stderr
+
+
+# --- a credential without the reader role ----------------------------------------------------------
+
+def test_a_member_only_credential_is_told_to_add_reader_where_the_image_is_looked_up(twin, clean_environment,
+                                                                                      chi_at_twin, tmp_path):
+    """Chameleon's docs: a credential with only `member` gets 403 on the image list; add `reader`."""
+    import time
+
+    from chi_helpers.chameleon import server
+    from chi_helpers.twin import control, keystone
+
+    user = next(iter(twin.world.data["users"].values()))
+    made = keystone.add_application_credential(twin.world, user["id"], user["projects"][0], "member-only",
+                                               unrestricted=True, roles=["member"])
+    member_only = tmp_path / "member-only-openrc.sh"
+    control.write_rc(twin.world, member_only, made["id"], made["secret"])
+    login.sign_in(str(member_only), "", "CHI@TACC", need_key_pair=True, say=lambda _: None)
+    lease = lease_of(twin, "mlflow_ci04", "liqid01", timedelta(minutes=1))  # `member` may make leases
+    for _ in range(100):
+        if lease.status == "ACTIVE":
+            break
+        time.sleep(0.1)
+    assert lease.status == "ACTIVE"
+    with pytest.raises(server.ServerError) as error:
+        server.bring_up(VARIANTS["nvidia"], lease, "ci04")  # before: glanceclient's HTTPForbidden, unexplained
+    message = str(error.value)
+    assert "403" in message and "reader" in message and "application credential" in message
+    assert not twin.world.data["servers"]

@@ -217,3 +217,33 @@ def test_a_token_expires_and_its_rescoping_is_refused(twin):
         "X-Auth-Token": token_request(twin, app_credential(twin)).headers["X-Subject-Token"],
         "X-Subject-Token": answer.headers["X-Subject-Token"]}, timeout=5)
     assert check.status_code == 404
+
+
+# --- application credentials' roles (keystone/api/users.py _get_roles; models/token_model.py) -----------
+
+
+def role_names(token: dict) -> set[str]:
+    return {role["name"] for role in token["roles"]}
+
+
+def test_a_credential_carries_the_roles_of_the_token_that_made_it_unless_given(twin):
+    _, token = scoped_token(twin)
+    assert role_names(token) == {"member", "reader"}  # the user's, with member's implied reader
+    every = make_credential(twin, "all-roles").json()["application_credential"]
+    assert {role["name"] for role in every["roles"]} == {"member", "reader"}
+    assert role_names(credential_token(twin, every).json()["token"]) == {"member", "reader"}
+
+
+def test_a_member_only_credential_has_no_reader_in_its_tokens(twin):
+    # Keystone before 2024.2 adds no implied role to a credential made with roles (fixed in 26.0.0,
+    # bug 2030061); Chameleon's docs: add `reader` alongside `member`. Before: every credential had both.
+    made = make_credential(twin, "member-only", roles=[{"name": "member"}]).json()["application_credential"]
+    assert [role["name"] for role in made["roles"]] == ["member"]
+    assert role_names(credential_token(twin, made).json()["token"]) == {"member"}
+
+
+def test_a_credential_may_not_have_a_role_its_maker_lacks(twin):
+    refused = make_credential(twin, "admin", roles=[{"name": "admin"}])
+    assert refused.status_code == 400
+    assert refused.json()["error"]["message"] == \
+        "Invalid application credential: Cannot create an application credential with unassigned role"

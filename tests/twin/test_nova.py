@@ -137,6 +137,39 @@ def test_flavors_as_python_chi_reads_them(chi, twin):
     assert chi.server.list_flavors(reservation_id=reservation_id) == []
 
 
+
+def member_only_token(twin) -> str:
+    from chi_helpers.twin import keystone
+
+    credential = next(iter(twin.world.data["application_credentials"].values()))
+    made = keystone.add_application_credential(twin.world, credential["user_id"], credential["project_id"],
+                                               "member-only", unrestricted=True, roles=["member"])
+    answer = requests.post(f"{twin.url}/v3/auth/tokens", timeout=5, json={"auth": {"identity": {
+        "methods": ["application_credential"], "application_credential": {"id": made["id"], "secret": made["secret"]}}}})
+    return answer.headers["X-Subject-Token"]
+
+
+def test_a_token_without_reader_may_not_read_flavor_extra_specs(twin):
+    # nova/policies/flavor_extra_specs.py: index and show are PROJECT_READER_OR_ADMIN.
+    flavors = f"{twin.url}/compute/v2.1/flavors"
+    flavor = next(f["id"] for f in twin.world.data["flavors"].values() if f.get("extra_specs"))
+    member, reader = {"X-Auth-Token": member_only_token(twin)}, {"X-Auth-Token": token(twin)}
+    refused = requests.get(f"{flavors}/{flavor}/os-extra_specs", headers=member, timeout=5)
+    assert refused.status_code == 403  # before: 200
+    assert refused.json()["forbidden"]["message"] == \
+        "Policy doesn't allow os_compute_api:os-flavor-extra-specs:index to be performed."
+    key = next(iter(twin.world.data["flavors"][flavor]["extra_specs"]))
+    one = requests.get(f"{flavors}/{flavor}/os-extra_specs/{key}", headers=member, timeout=5)
+    assert one.status_code == 403 and "os-flavor-extra-specs:show" in one.json()["forbidden"]["message"]
+    assert requests.get(f"{flavors}/{flavor}/os-extra_specs", headers=reader, timeout=5).status_code == 200
+    # From 2.61 a flavor shows its extra specs only to those who may read them (nova/api/openstack/compute/flavors.py)
+    def shown(headers: dict) -> dict:
+        newer = {"OpenStack-API-Version": "compute 2.61"}
+        return requests.get(f"{flavors}/{flavor}", headers={**headers, **newer}, timeout=5).json()["flavor"]
+
+    assert "extra_specs" not in shown(member) and "extra_specs" in shown(reader)
+
+
 # --- servers --------------------------------------------------------------------------------------------
 
 

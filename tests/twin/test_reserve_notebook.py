@@ -33,7 +33,8 @@ def reserve(twin, tmp_path: Path, variant: str = "nvidia", **parameters):
     source = output_path(RESERVE, variant)
     return pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), cwd=str(source.parent), kernel_name="python3",
                                progress_bar=False, kernel_manager_class="chi_helpers.series.quiet_kernel.QuietKernelManager",
-                               parameters={"rc_file": str(twin.rc_file), "user": "ci07", **parameters})
+                               parameters={"rc_file": str(twin.kvm_rc_file if variant == "vm" else twin.rc_file), "user": "ci07",
+                                           **parameters})
 
 
 def someone_elses_lease(chi, twin, node: str = "liqid01"):
