@@ -8,20 +8,8 @@ Calls python-chi's nova, neutron and Blazar clients (as `server.delete_server`,
 from __future__ import annotations
 
 from chi_helpers import parameters
-from chi_helpers.chameleon import node_stack
+from chi_helpers.chameleon import floating_ip, node_stack
 from chi_helpers.chameleon import reservation
-
-
-def _floating_ips(nova_server) -> list[str]:
-    """The server's floating IPs, from Neutron: bound to its ports, or made for it and not bound yet (the
-    description bring_up gives them). Nova's `addresses` miss one bound seconds ago, before its cache refresh."""
-    from chi.network import neutron
-
-    client = neutron()
-    ports = {p["id"] for p in client.list_ports(device_id=nova_server.id)["ports"]}
-    mark = f"mlflow series: {nova_server.name}"
-    return sorted(ip["floating_ip_address"] for ip in client.list_floatingips()["floatingips"]
-                  if ip.get("port_id") in ports or (ip.get("description") == mark and not ip.get("port_id")))
 
 
 def _ssh_run(address: str, command: str) -> None:
@@ -51,7 +39,7 @@ def release(lease_name: str, user: str, stop_stack: bool = True, say=print) -> d
         outcome["server"] = f"no server named {name}: nothing to delete"
         outcome["floating_ip"] = "no server, so no floating IP of it to release"
     for server in servers:
-        addresses = _floating_ips(server)
+        addresses = floating_ip.held_by(server)
         if stop_stack and addresses:
             try:
                 for command in node_stack.stop_commands():

@@ -15,7 +15,7 @@ from pathlib import Path
 import nbformat
 
 from chi_helpers import network_guard
-from chi_helpers.chameleon import login, openstack_rc
+from chi_helpers.chameleon import floating_ip, login, openstack_rc
 from chi_helpers.chameleon import server as node_server
 from chi_helpers.chameleon import node_stack
 from chi_helpers.chameleon import reservation
@@ -187,7 +187,7 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
                 client = None  # the release notebook deletes the server: nothing left to ask
                 for key in node_stack.SIGN_IN_KEYS:
                     os.environ.pop(key, None)
-        except (reservation.ReservationError, node_server.ServerError) as error:
+        except (reservation.ReservationError, node_server.ServerError, floating_ip.FloatingIPError) as error:
             result.status, result.error = "failed", str(error)
         except Exception as error:  # Keystone, Blazar, Nova, SSH: say which step, and what to do
             result.status = "failed"

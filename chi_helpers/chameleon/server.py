@@ -1,4 +1,5 @@
-"""The series' server on the reserved host: brought up once, reachable, and summarized.
+"""The series' server on the reserved host: brought up once, reachable, and summarized (its public
+address: floating_ip.py).
 
 Named `node-mlflow-<user>`, from the variant's image, on the lease's reservation (a host for the
 bare-metal variants, a flavor for the VM). Safe to run again: python-chi's idempotent submit
@@ -7,19 +8,9 @@ brings one up only if none of that name exists, and the floating IP the server h
 
 from __future__ import annotations
 
-import time
-
+from chi_helpers.chameleon.floating_ip import bound_floating_ip, own_floating_ip, wait_for_address
 from chi_helpers.chameleon.plan import SECURITY_GROUP_PORTS
 from chi_helpers.variants import Variant
-
-
-# Nova lists a floating IP seconds after Neutron binds it (Neutron's batched notice refreshes Nova's cache);
-# should that notice be lost, Nova's periodic refresh (heal_instance_info_cache_interval, 60 s) catches up.
-ADDRESS_WAIT_SECONDS = 120
-
-FREE_ONE = ("Release a floating IP that no one uses (dashboard: Network > Floating IPs, 'Release Floating IP' on "
-            "an address mapped to no instance; ask your class first: the project is shared), or ask your "
-            "instructor; then run this again.")
 
 
 class ServerError(RuntimeError):
@@ -104,68 +95,6 @@ def open_ports(server) -> None:
                 "port_range_min": port, "port_range_max": port, "remote_ip_prefix": "0.0.0.0/0"}})
         if group["id"] not in on_server:  # Nova adds a group twice without looking, and Neutron refuses (400)
             server.add_security_group(group["id"])  # by id: a shared project may hold two groups of that name
-
-
-def own_floating_ip(server) -> str:
-    """A floating IP that is this server's: python-chi's default takes the project's first unbound one,
-    which in a shared project may be a classmate's. Ours carries the server's name in its description."""
-    from chi.network import get_network_id, neutron
-    from neutronclient.common.exceptions import IpAddressGenerationFailureClient, OverQuotaClient
-
-    client = neutron()
-    mark = f"mlflow series: {server.name}"
-    held = client.list_floatingips()["floatingips"]
-    mine = [ip for ip in held if ip.get("description") == mark and ip["port_id"] is None]
-    if mine:
-        return mine[0]["floating_ip_address"]
-    try:
-        made = client.create_floatingip({"floatingip": {"floating_network_id": get_network_id("public"),
-                                                        "description": mark}})
-    except (IpAddressGenerationFailureClient, OverQuotaClient) as refused:
-        raise ServerError(no_floating_ip(refused, held)) from None
-    return made["floatingip"]["floating_ip_address"]
-
-
-def no_floating_ip(refused, held: list[dict]) -> str:
-    """What to do when Neutron has no floating IP to give (its quota, or the site's pool, is used up)."""
-    from neutronclient.common.exceptions import OverQuotaClient
-
-    unused = sum(1 for ip in held if ip["port_id"] is None)
-    neutron_said = str(refused).splitlines()[0]
-    if isinstance(refused, OverQuotaClient):
-        why = (f"the project has used its quota of floating IPs: it holds {len(held)}, {unused} of them "
-               "mapped to no instance")
-    else:
-        why = ("the site has no public (floating) IP address left: its pool is shared by every project there "
-               f"(this project holds {len(held)}, {unused} of them mapped to no instance)")
-    return f"no floating IP for the server: {why} (Neutron: {neutron_said}). {FREE_ONE}"
-
-
-def bound_floating_ip(server) -> str | None:
-    """The floating IP Neutron has bound to one of the server's ports. Nova's `addresses`, which
-    `server.get_floating_ip()` reads, show it only seconds after it is bound."""
-    from chi.network import neutron
-
-    client = neutron()
-    ports = {p["id"] for p in client.list_ports(device_id=server.id)["ports"]}
-    bound = sorted(ip["floating_ip_address"] for ip in client.list_floatingips()["floatingips"]
-                   if ip["port_id"] in ports)
-    return bound[0] if bound else None
-
-
-def wait_for_address(server, address: str, limit: float = ADDRESS_WAIT_SECONDS, every: float = 0.5) -> None:
-    """Until Nova lists `address` for the server: python-chi's SSH and checks take the address from there."""
-    if address in server.get_all_floating_ips():
-        return
-    print(f"waiting for Nova to list {address} for {server.name} (Neutron bound it; Nova hears within seconds)")
-    deadline = time.monotonic() + limit
-    while address not in server.get_all_floating_ips():
-        if time.monotonic() > deadline:
-            raise ServerError(f"Nova still does not list {address} for {server.name} {limit:.0f} s after it was "
-                              "bound, so python-chi cannot reach the server by it. Run this again in a few minutes; "
-                              "if it stays so, detach the address and run this again (dashboard: Compute > "
-                              "Instances, Disassociate Floating IP).")
-        time.sleep(every)
 
 
 def bring_up(profile: Variant, lease, user: str, wait: bool = True):

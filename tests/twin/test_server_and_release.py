@@ -8,7 +8,7 @@ import time
 import pytest
 
 from chi_helpers import parameters
-from chi_helpers.chameleon import login, release, reservation
+from chi_helpers.chameleon import floating_ip, login, release, reservation
 from chi_helpers.chameleon import server as node_server
 from chi_helpers.variants import VARIANTS
 
@@ -205,12 +205,12 @@ def test_release_finds_an_address_nova_does_not_list_yet(cloud):
 def test_no_floating_ip_to_be_had_says_what_to_do(cloud):
     lease = active_lease(NVIDIA)
     cloud.world.inject("floating-ips-exhausted")
-    with pytest.raises(node_server.ServerError) as empty:
+    with pytest.raises(floating_ip.FloatingIPError) as empty:
         node_server.bring_up(NVIDIA, lease, "abc123")
     assert "no public (floating) IP address left" in str(empty.value)
     assert "Network > Floating IPs" in str(empty.value) and "instructor" in str(empty.value)
     cloud.world.inject("floating-ip-quota")
-    with pytest.raises(node_server.ServerError) as over:
+    with pytest.raises(floating_ip.FloatingIPError) as over:
         node_server.bring_up(NVIDIA, lease, "abc123")
     assert "quota of floating IPs" in str(over.value)
     assert "Network > Floating IPs" in str(over.value) and "instructor" in str(over.value)
