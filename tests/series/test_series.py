@@ -262,7 +262,9 @@ def test_the_lease_timeline_fits_and_uses_the_budgets_the_notebooks_declare():
     assert declared["every_rank_minutes"]["default"] == str(lease_timeline.EVERY_RANK_MINUTES)
     for profile in VARIANTS.values():
         total = sum(minutes for _, _, minutes in lease_timeline.steps(profile))
-        assert total <= lease_timeline.LEASE_MINUTES * 0.6, (profile.name, total)  # room to spare
+        # Room to spare for a late start or a rerun: the ROCm image's build (about 40 min, mostly its 10 GB
+        # base) leaves the amd node the least.
+        assert lease_timeline.LEASE_MINUTES - total >= 40, (profile.name, total)
         assert f"{lease_timeline.LEASE_MINUTES - total} min to spare" in lease_timeline.render(profile)
 
 
