@@ -891,10 +891,6 @@ def _project(spec: dict, path: Path) -> str:
     return spec.get("name") or path.parent.name
 
 
-def _photos(folder: Path) -> int:
-    return sum(1 for _ in folder.rglob("*.jpg")) if folder.is_dir() else 0
-
-
 def _data_job(spec: dict) -> tuple[str, str, str, str] | None:
     """(service, volume, mount point, the folder fetch fills, as the container names it), for the one data job
     the twin knows: `python /opt/food11.py fetch <folder>` with a named volume mounted."""
@@ -967,29 +963,6 @@ def data_job(shell: Shell, match: re.Match) -> int:
         shell.say(f"unpacking {folder}/Food-11.zip ...")
         shell.say("organized: " + ", ".join(f"{s} {sum(c.values())}" for s, c in counts.items()))
     shell.say(food11.describe(counts))
-    return 0
-
-
-@answers("count the photos in the volume",
-         r"docker run --rm -v (?P<volume>[\w.-]+):(?P<mount>/[\w.-]+) alpine sh -c 'for s in (?P<splits>[\w ]+); do echo \$s "
-         r"\$\(find (?P=mount)/(?P<folder>[\w.-]+)/\$s -name \"\*\.jpg\" \| wc -l\); done'")
-def count_photos(shell: Shell, match: re.Match) -> int:
-    status = _docker_ready(shell)
-    if status:
-        return status
-    if "alpine" not in shell.state["pulled"]:
-        shell.warn("Unable to find image 'alpine:latest' locally\nlatest: Pulling from library/alpine\n"
-                   "9824c27679d3: Pull complete\nDigest: sha256:4bcff63911fcb4448bd4fdacec207030997caf25e9bea4045fa6c8c44de311d1\n"
-                   "Status: Downloaded newer image for alpine:latest")
-        shell.state["pulled"].add("alpine")
-    volume = shell.volume(match["volume"])
-    volume.mkdir(parents=True, exist_ok=True)  # docker makes a named volume on first use
-    shell.state["volumes"].add(match["volume"])
-    for split in match["splits"].split():
-        folder = volume / match["folder"] / split
-        if not folder.is_dir():
-            shell.warn(f"find: '{match['mount']}/{match['folder']}/{split}': No such file or directory")
-        shell.say(f"{split} {_photos(folder)}")
     return 0
 
 
