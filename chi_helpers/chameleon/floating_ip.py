@@ -59,16 +59,23 @@ def no_floating_ip(refused, held: list[dict]) -> str:
     return f"no floating IP for the server: {why} (Neutron: {neutron_said}). {FREE_ONE}"
 
 
-def bound_floating_ip(server) -> str | None:
-    """The floating IP Neutron has bound to one of the server's ports. Nova's `addresses`, which
-    `server.get_floating_ip()` reads, show it only seconds after it is bound."""
+def _of(server) -> list[dict]:
+    """Neutron's floating IPs of the server: bound to its ports, or made for it and not bound yet (the
+    description own_floating_ip gives them), by address."""
     from chi.network import neutron
 
     client = neutron()
     ports = {p["id"] for p in client.list_ports(device_id=server.id)["ports"]}
-    bound = sorted(ip["floating_ip_address"] for ip in client.list_floatingips()["floatingips"]
-                   if ip["port_id"] in ports)
-    return bound[0] if bound else None
+    mark = f"mlflow series: {server.name}"
+    return sorted((ip for ip in client.list_floatingips()["floatingips"]
+                   if ip.get("port_id") in ports or (ip.get("description") == mark and not ip.get("port_id"))),
+                  key=lambda ip: ip["floating_ip_address"])
+
+
+def bound_floating_ip(server) -> str | None:
+    """The floating IP Neutron has bound to one of the server's ports. Nova's `addresses`, which
+    `server.get_floating_ip()` reads, show it only seconds after it is bound."""
+    return next((ip["floating_ip_address"] for ip in _of(server) if ip.get("port_id")), None)
 
 
 def wait_for_address(server, address: str, limit: float = ADDRESS_WAIT_SECONDS, every: float = 0.5) -> None:
@@ -86,13 +93,7 @@ def wait_for_address(server, address: str, limit: float = ADDRESS_WAIT_SECONDS, 
         time.sleep(every)
 
 
-def held_by(nova_server) -> list[str]:
-    """The server's floating IPs, from Neutron: bound to its ports, or made for it and not bound yet (the
-    description bring_up gives them). Nova's `addresses` miss one bound seconds ago, before its cache refresh."""
-    from chi.network import neutron
-
-    client = neutron()
-    ports = {p["id"] for p in client.list_ports(device_id=nova_server.id)["ports"]}
-    mark = f"mlflow series: {nova_server.name}"
-    return sorted(ip["floating_ip_address"] for ip in client.list_floatingips()["floatingips"]
-                  if ip.get("port_id") in ports or (ip.get("description") == mark and not ip.get("port_id")))
+def held_by(server) -> list[str]:
+    """What release frees: the server's floating IPs from Neutron, bound or not yet. Nova's `addresses`
+    miss one bound seconds ago, before its cache refresh."""
+    return [ip["floating_ip_address"] for ip in _of(server)]

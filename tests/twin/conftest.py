@@ -78,3 +78,18 @@ def clean_environment():
     import chi.context
 
     chi.context.reset()
+
+
+@pytest.fixture
+def member_only_token(twin) -> str:
+    """A Keystone token of an application credential made with the `member` role alone (no `reader`)."""
+    import requests
+
+    from chi_helpers.twin import keystone
+
+    credential = next(iter(twin.world.data["application_credentials"].values()))
+    made = keystone.add_application_credential(twin.world, credential["user_id"], credential["project_id"],
+                                               "member-only", unrestricted=True, roles=["member"])
+    answer = requests.post(f"{twin.url}/v3/auth/tokens", timeout=5, json={"auth": {"identity": {
+        "methods": ["application_credential"], "application_credential": {"id": made["id"], "secret": made["secret"]}}}})
+    return answer.headers["X-Subject-Token"]

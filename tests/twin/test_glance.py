@@ -79,19 +79,8 @@ def test_paging_filters_and_visibility(chi, twin):
 # --- a member-only application credential (glance/policies/image.py: get_images needs `reader`) -----------
 
 
-def member_only_token(twin) -> str:
-    from chi_helpers.twin import keystone
-
-    credential = next(iter(twin.world.data["application_credentials"].values()))
-    made = keystone.add_application_credential(twin.world, credential["user_id"], credential["project_id"],
-                                               "member-only", unrestricted=True, roles=["member"])
-    answer = requests.post(f"{twin.url}/v3/auth/tokens", timeout=5, json={"auth": {"identity": {
-        "methods": ["application_credential"], "application_credential": {"id": made["id"], "secret": made["secret"]}}}})
-    return answer.headers["X-Subject-Token"]
-
-
-def test_a_token_without_reader_may_not_list_images(twin):
-    headers = {"X-Auth-Token": member_only_token(twin)}
+def test_a_token_without_reader_may_not_list_images(twin, member_only_token):
+    headers = {"X-Auth-Token": member_only_token}
     listing = requests.get(f"{twin.url}/image/v2/images?name=CC-Ubuntu24.04", headers=headers, timeout=5)
     assert listing.status_code == 403  # before: 200
     assert "You are not authorized to complete get_images action." in listing.text

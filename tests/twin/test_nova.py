@@ -138,22 +138,11 @@ def test_flavors_as_python_chi_reads_them(chi, twin):
 
 
 
-def member_only_token(twin) -> str:
-    from chi_helpers.twin import keystone
-
-    credential = next(iter(twin.world.data["application_credentials"].values()))
-    made = keystone.add_application_credential(twin.world, credential["user_id"], credential["project_id"],
-                                               "member-only", unrestricted=True, roles=["member"])
-    answer = requests.post(f"{twin.url}/v3/auth/tokens", timeout=5, json={"auth": {"identity": {
-        "methods": ["application_credential"], "application_credential": {"id": made["id"], "secret": made["secret"]}}}})
-    return answer.headers["X-Subject-Token"]
-
-
-def test_a_token_without_reader_may_not_read_flavor_extra_specs(twin):
+def test_a_token_without_reader_may_not_read_flavor_extra_specs(twin, member_only_token):
     # nova/policies/flavor_extra_specs.py: index and show are PROJECT_READER_OR_ADMIN.
     flavors = f"{twin.url}/compute/v2.1/flavors"
     flavor = next(f["id"] for f in twin.world.data["flavors"].values() if f.get("extra_specs"))
-    member, reader = {"X-Auth-Token": member_only_token(twin)}, {"X-Auth-Token": token(twin)}
+    member, reader = {"X-Auth-Token": member_only_token}, {"X-Auth-Token": token(twin)}
     refused = requests.get(f"{flavors}/{flavor}/os-extra_specs", headers=member, timeout=5)
     assert refused.status_code == 403  # before: 200
     assert refused.json()["forbidden"]["message"] == \
