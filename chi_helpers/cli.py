@@ -234,7 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", help="run the whole series with papermill and write a report")
     run.add_argument("--target", choices=["local", "chameleon"], default="local")
-    run.add_argument("--gpu", choices=sorted(VARIANTS), default=DEFAULT_VARIANT, help="which variant's notebooks")
+    run.add_argument("--gpu", choices=sorted(VARIANTS), default=DEFAULT_VARIANT,
+                     help="which variant's notebooks the chameleon target runs (the local target has one build)")
     run.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="data and stack (default: %(default)s)")
     run.add_argument("--output", type=Path, help="executed notebooks and report (default: WORKDIR/output/<time>)")
     run.add_argument("--port", type=int, default=8000)

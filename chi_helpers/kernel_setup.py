@@ -97,9 +97,28 @@ def _prepend(variable: str, entry: str) -> None:
         os.environ[variable] = os.pathsep.join([entry, *[p for p in parts if p != entry]])
 
 
-def prepare(target: str, side: str = "testbed", say=print) -> list[str]:
-    """Ready this kernel for a notebook of `side` ("testbed" or "node") on `target`; returns what it installed."""
+# What a notebook's cells name relative to its own folder, by side: the training scripts one folder up
+# from a node-side notebook, the Compose files two folders up from a testbed-side one.
+RELATIVE_MARKS = {"node": Path("..") / "train.py", "testbed": Path("..") / ".." / "docker"}
+
+
+def _go_home(side: str, folder: str, say) -> None:
+    """Run from the notebook's own folder in the series when started elsewhere (papermill's --cwd), so
+    that `../train.py` and the like mean what the notebook says. A folder that has them is left alone:
+    a copy of the scripts elsewhere (the local target's own git repository) is where they run."""
+    mark = RELATIVE_MARKS.get(side)
+    home = SERIES_ROOT / folder
+    if not folder or mark is None or (Path.cwd() / mark).exists() or not home.is_dir():
+        return
+    say(f"working folder: {home} (the notebook's folder: its cells name files relative to it)")
+    os.chdir(home)
+
+
+def prepare(target: str, side: str = "testbed", folder: str = "", say=print) -> list[str]:
+    """Ready this kernel for a notebook of `side` ("testbed" or "node") on `target`, whose place in the
+    series is `folder` (e.g. "workspace_mlflow/amd"); returns what it installed."""
     start = time.monotonic()
+    _go_home(side, folder, say)
     if (side, target) not in NEEDS:
         # The parameters check right after names the mistake; install nothing for an unknown target.
         needs: list[str] = []

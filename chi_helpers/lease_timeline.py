@@ -19,6 +19,7 @@ UNTRACKED_LIGHTNING_MINUTES = 3  # 06: the untracked Lightning run
 EVERY_RANK_MINUTES = 3  # 06: the run without the rank check
 DATA_MINUTES = 2  # 03: the one-shot data job
 STACK_MINUTES = 4  # 04: the tracking stack's images built or pulled, and its services healthy
+EDIT_MINUTES = 5  # a student's edit of a training script in a terminal, and its commit (an estimate)
 
 
 def steps(profile: Variant) -> list[tuple[str, str, int]]:
@@ -35,11 +36,13 @@ def steps(profile: Variant) -> list[tuple[str, str, int]]:
         ("04", "the Jupyter container starts", 1),
         ("05", "untracked baseline (stopped)", BASELINE_MINUTES),
         ("05", "tracked run, num_workers 0 (stopped)", SLOW_RUN_MINUTES),
+        ("05", "your edit: DataLoader workers, and its commit", EDIT_MINUTES),
         ("05", f"tracked run, num_workers {profile.fast_num_workers}", profile.tracked_run_minutes),
         ("05", "the runs in the MLflow UI", 10),
         ("06", "untracked Lightning run (stopped)", UNTRACKED_LIGHTNING_MINUTES),
-        ("06", "without the rank check (stopped)", EVERY_RANK_MINUTES),
-        ("06", "with autologging and the rank check", profile.lightning_run_minutes),
+        ("06", "tracked, two processes, two runs (stopped)", EVERY_RANK_MINUTES),
+        ("06", "your edits: the rank check and the data settings, and their commits", EDIT_MINUTES),
+        ("06", "tracked with the rank check", profile.lightning_run_minutes),
         ("06", "again with another learning rate", profile.lightning_run_minutes),
         ("06", "compare the two in the UI", 5),
         ("07", "register, alias, load and predict", 2),

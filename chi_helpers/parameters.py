@@ -54,7 +54,7 @@ def check_name(what: str, value: str | None, example: str) -> str:
     return value
 
 
-def check(variant: str, target: str, **names: str | None) -> Variant:
+def check(variant: str, target: str = "chameleon", **names: str | None) -> Variant:
     """Check the variant, the target and any named resources (lease_name, node_name, user ...)."""
     check_target(target)
     profile = check_variant(variant)

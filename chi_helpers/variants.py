@@ -64,6 +64,15 @@ VARIANTS = {
     ),
 }
 DEFAULT_VARIANT = "nvidia"
+
+# The local target's build: this machine plays the node, on its CPU, with a small data set. Not a GPU
+# variant (no lease, no image): its fields fill the same places in the notebooks' text.
+LOCAL = Variant(
+    name="local", title="this computer (the local target)", site="", reservation="none", node_type="",
+    default_node="", gpus=0, gpu_model="CPU", image="", gpu_tool="", metrics_library="",
+    jupyter_dockerfile="", docker_gpu_flags="", fast_num_workers=2, needs_security_groups=False,
+    tracked_run_minutes=1, lightning_run_minutes=1, image_build_minutes=0,
+)
 TARGETS = ("local", "chameleon")
 
 

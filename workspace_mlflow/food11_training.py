@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import glob
 import os
 import random
 import shutil
@@ -19,8 +20,6 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 from torchvision import datasets, models, transforms
-
-from chi_helpers import food11
 
 # Every value a run depends on, in one place. Each one is logged with the run and can be
 # changed for one run from the command line (`--total_epochs 2 --image_size 64`) without
@@ -41,11 +40,13 @@ CONFIG = {
     "color_jitter_saturation": 0.2,
     "color_jitter_hue": 0.1,
     "image_size": 224,
-    "num_workers": 0,
     "pretrained": True,
     "data_dir": os.environ.get("FOOD11_DATA_DIR", "Food-11"),
     "seed": 42,
 }
+
+SPLITS = ["training", "validation", "evaluation"]
+CLASS_FOLDERS = [f"class_{i:02d}" for i in range(11)]  # Bread, Dairy product, ..., Vegetable/Fruit
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -86,11 +87,26 @@ def pick_device() -> torch.device:
 
 def check_data(data_dir: str) -> None:
     """Stop with a clear message before training when the data directory is not usable."""
-    try:
-        counts = food11.verify(data_dir)
-    except food11.DataLayoutError as error:
-        sys.exit(f"error: {error}")
-    print(food11.describe(counts), flush=True)
+    problems, summary = [], []
+    for split in SPLITS:
+        folder = os.path.join(data_dir, split)
+        if not os.path.isdir(folder):
+            problems.append(f"no '{split}' split folder")
+            continue
+        photos = {name: len(glob.glob(os.path.join(folder, name, "*.jpg"))) for name in CLASS_FOLDERS}
+        missing = [name for name in CLASS_FOLDERS if not os.path.isdir(os.path.join(folder, name))]
+        empty = [name for name in CLASS_FOLDERS if name not in missing and photos[name] == 0]
+        if missing:
+            problems.append(f"{folder} lacks class folder(s) {', '.join(missing)}")
+        if empty:
+            problems.append(f"{folder}: no .jpg photos in {', '.join(empty)}")
+        summary.append(f"{split:<11} {sum(photos.values()):>6} photos in {len(CLASS_FOLDERS)} classes")
+    if problems:
+        sys.exit(
+            f"error: {data_dir} is not a usable Food-11 folder:\n  - " + "\n  - ".join(problems) + "\n"
+            "Run notebook 03 to get the data, or point FOOD11_DATA_DIR (or --data_dir) at the folder that holds it."
+        )
+    print("\n".join(summary), flush=True)
 
 
 def make_transforms(config: dict) -> tuple[transforms.Compose, transforms.Compose]:
@@ -119,15 +135,26 @@ def make_transforms(config: dict) -> tuple[transforms.Compose, transforms.Compos
 def make_loaders(config: dict) -> tuple[DataLoader, DataLoader, DataLoader]:
     """Training, validation and evaluation loaders over the Food-11 folders."""
     train_tf, eval_tf = make_transforms(config)
-    root = config["data_dir"]
+    train_set = datasets.ImageFolder(os.path.join(config["data_dir"], "training"), transform=train_tf)
+    val_set = datasets.ImageFolder(os.path.join(config["data_dir"], "validation"), transform=eval_tf)
+    test_set = datasets.ImageFolder(os.path.join(config["data_dir"], "evaluation"), transform=eval_tf)
 
-    def loader(split: str, transform, shuffle: bool) -> DataLoader:
-        dataset = datasets.ImageFolder(os.path.join(root, split), transform=transform)
-        return DataLoader(
-            dataset, batch_size=config["batch_size"], shuffle=shuffle, num_workers=config["num_workers"],
-        )
-
-    return loader("training", train_tf, True), loader("validation", eval_tf, False), loader("evaluation", eval_tf, False)
+    train_loader = DataLoader(
+        train_set,
+        batch_size=config["batch_size"],
+        shuffle=True,
+    )
+    val_loader = DataLoader(
+        val_set,
+        batch_size=config["batch_size"],
+        shuffle=False,
+    )
+    test_loader = DataLoader(
+        test_set,
+        batch_size=config["batch_size"],
+        shuffle=False,
+    )
+    return train_loader, val_loader, test_loader
 
 
 def build_model(config: dict) -> nn.Module:
@@ -144,7 +171,7 @@ def build_model(config: dict) -> nn.Module:
         )
     model.classifier = nn.Sequential(
         nn.Dropout(config["dropout_probability"]),
-        nn.Linear(model.last_channel, len(food11.CLASSES)),
+        nn.Linear(model.last_channel, len(CLASS_FOLDERS)),
     )
     return model
 

@@ -2,9 +2,8 @@
 
 `diff train_lightning.py train_lightning_mlflow.py` shows what tracking adds: the experiment,
 `mlflow.pytorch.autolog()` (whatever the module logs with `self.log`, the optimizer's and the
-callbacks' settings, the model), and a run with system metrics around the training. With two GPUs
-this script runs once per GPU; only the process of rank 0 talks to MLflow, or each training would
-make two runs. `--log_every_rank true` leaves that check out, to see what it prevents.
+callbacks' settings, the model), and a run with system metrics around the training. On a node
+with two GPUs Lightning starts one process per GPU, and each one runs this whole script.
 """
 
 import mlflow
@@ -14,9 +13,6 @@ from food11_lightning import LIGHTNING_CONFIG, Food11Classifier, make_trainer
 from food11_training import check_data, make_loaders, parse_config, seed_everything
 from food11_training import gpu_info, run_ends_on_interrupt
 
-# One setting more than the untracked script: notebook 06 turns the rank check off once, to see why it is there.
-LIGHTNING_CONFIG = {**LIGHTNING_CONFIG, "log_every_rank": False}
-
 
 def main(config: dict) -> None:
     check_data(config["data_dir"])
@@ -25,20 +21,16 @@ def main(config: dict) -> None:
     module = Food11Classifier(config)
     trainer = make_trainer(config)
 
-    tracks = trainer.global_rank == 0 or config["log_every_rank"]
-    if tracks:
-        mlflow.set_experiment("food11-classifier")
-        mlflow.pytorch.autolog()
-        mlflow.end_run()  # a run left open by an interrupted session would block start_run
-        mlflow.start_run(log_system_metrics=True)
-        mlflow.log_text(gpu_info(), "gpu-info.txt")
-        mlflow.log_params(config)  # autolog records the optimizer and callbacks; these are the rest
+    mlflow.set_experiment("food11-classifier")
+    mlflow.pytorch.autolog()
+    mlflow.end_run()  # a run left open by an interrupted session would block start_run
+    mlflow.start_run(log_system_metrics=True)
+    mlflow.log_text(gpu_info(), "gpu-info.txt")
 
     trainer.fit(module, train_loader, val_loader)
     trainer.test(module, test_loader)
 
-    if tracks:
-        mlflow.end_run()
+    mlflow.end_run()
 
 
 if __name__ == "__main__":

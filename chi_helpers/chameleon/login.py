@@ -45,8 +45,8 @@ RESTART_HELP = ("restart your Jupyter server from the hub: File > Hub Control Pa
 # What keystoneauth1's v3oidcaccesstoken loader requires besides the token (loading/identity.py), with
 # the values Chameleon's hub gives them.
 FEDERATION = {"OS_IDENTITY_PROVIDER": "chameleon", "OS_PROTOCOL": "openid"}
-RC_HELP = (openstack_rc.CREDENTIAL_HELP + " and set rc_file = '<its path>' in the parameters cell (or export its "
-           "OS_* variables before starting Jupyter)")
+RC_HELP = (openstack_rc.CREDENTIAL_HELP + ", and give a run its path with --rc-file (or `source` it in the shell "
+           "that starts Jupyter)")
 
 
 class LoginError(RuntimeError):
@@ -97,7 +97,7 @@ def _method(env: dict) -> str:
                          f"application credential: {RC_HELP}")
     if auth_type in ("token", "v3token") and env.get("OS_TOKEN"):
         return "a Keystone token"
-    raise LoginError("no Chameleon credentials here: no rc_file, and no OS_* variables to sign in with. "
+    raise LoginError("no Chameleon credentials here: no RC file loaded (--rc-file), and no OS_* variables to sign in with. "
                      f"On Chameleon's JupyterHub they come with your session; elsewhere {RC_HELP}.")
 
 
@@ -148,6 +148,7 @@ def _key_pair(env: dict) -> str:
 def check(rc_file: str = "", project: str = "", need_key_pair: bool = False) -> Login:
     """Load `rc_file` (if any) into the environment, then check sign-in, project and key pair."""
     source = "the OS_* environment"
+    loaded = bool(rc_file)
     if rc_file:
         try:
             openstack_rc.load(rc_file)
@@ -167,9 +168,24 @@ def check(rc_file: str = "", project: str = "", need_key_pair: bool = False) -> 
             raise LoginError("no project is set, and no one is at this notebook to pick one from the widget: set "
                              "project = 'CHI-123456' (your project's name) in the parameters cell, or OS_PROJECT_NAME")
     login = Login(method, source, chosen, choose, _key_pair(env) if need_key_pair else None)
-    if "chi.context" in sys.modules:
+    if loaded and "chi.context" in sys.modules:
         sys.modules["chi.context"].reset()  # imported before this: have it read the environment again
     return login
+
+
+def use_project(project: str = "") -> Login:
+    """A notebook's sign-in: check the credentials this kernel has, then `context.use_project(project)`,
+    or python-chi's drop-down of your projects when `project` is "" and a person is at the notebook.
+    An application credential brings its own project (Keystone refuses another scope for it)."""
+    account = check("", project)
+    print(account.describe())
+    from chi import context
+
+    if account.project:
+        context.use_project(account.project)
+    elif account.choose_project:
+        context.choose_project()
+    return account
 
 
 def follow_site_list(site: str) -> None:
@@ -204,16 +220,20 @@ def sign_in(rc_file: str = "", project: str = "", site: str = "CHI@TACC", need_k
     if account.project:
         context.use_project(account.project)
     context.use_site(site)
-    follow_site_list(site)
     verify()
     return account
 
 
-def verify() -> None:
+def verify(need_key_pair: bool = False) -> None:
     """Ask Keystone for a token now, so that refused credentials stop here, in a sentence, and not in
-    the middle of the first reservation or server call."""
+    the middle of the first reservation or server call. With `need_key_pair`, first check the SSH key
+    pair python-chi makes the server with and logs in with."""
     from chi import context
 
+    if need_key_pair:
+        print(f"key pair: {_key_pair(dict(os.environ))}")
+    if context.get("region_name"):
+        follow_site_list(context.get("region_name"))
     with hub_refusals() as refusals:
         try:
             context.session().get_project_id()
@@ -260,7 +280,7 @@ def _site_mismatch() -> str | None:
             f"{_who_runs_at(site)} at {site}: download the RC file from {site}'s dashboard (each site has its own "
             "Keystone, and a credential works only at the site that made it): Identity > Application Credentials > "
             "Create Application Credential, with \"Unrestricted\" ticked, then download its openrc file and set "
-            "rc_file to it.")
+            "give a run its path with --rc-file (or `source` it before you start Jupyter).")
 
 
 def _site_of(auth_url: str) -> str | None:

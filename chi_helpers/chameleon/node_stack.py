@@ -106,9 +106,10 @@ def executed_path(variant: str, notebook: str) -> str:
 
 
 def node_notebook_command(variant: str, notebook: str) -> str:
-    """Runs a node-side notebook with papermill inside the Jupyter container, as a student would run it there."""
+    """Runs a node-side notebook with papermill inside the Jupyter container, as a student would run it there;
+    with nobody at the keyboard, its check cells make the students' edits (the reference solutions)."""
     return (f"docker exec -w {CONTAINER_SERIES}/workspace_mlflow/{variant} jupyter papermill {notebook} executed/{notebook} "
-            f"-p variant {variant} -p target chameleon")
+            "-p apply_solution True")
 
 
 def stop_commands() -> list[str]:

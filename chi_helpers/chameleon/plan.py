@@ -13,7 +13,7 @@ from chi_helpers import parameters
 from chi_helpers.chameleon import node_setup
 from chi_helpers.chameleon import node_stack
 from chi_helpers.chameleon.reservation import next_block
-from chi_helpers.series import NOTEBOOKS
+from chi_helpers.series import notebooks_for
 from chi_helpers.variants import Variant
 
 # What the VM opens: SSH, Jupyter and MLflow. The object store listens on the node's loopback only (it is
@@ -82,7 +82,7 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
         node_setup.image_build_check().command, node_stack.jupyter_run_command(profile, address),
         node_stack.jupyter_url_command())
 
-    for entry in NOTEBOOKS:
+    for entry in notebooks_for("chameleon"):
         if entry.side != "node":
             continue
         notebook = entry.name.removesuffix(".ipynb")
@@ -99,7 +99,7 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
 
 
 def render(actions: list[Action]) -> str:
-    side = {entry.name.removesuffix(".ipynb"): entry.side for entry in NOTEBOOKS}
+    side = {entry.name.removesuffix(".ipynb"): entry.side for entry in notebooks_for("chameleon")}
     lines, current = [], None
     for number, action in enumerate(actions, 1):
         if action.notebook != current:

@@ -424,3 +424,120 @@ def choose_window(profile: Variant, node_name: str | None, hours: int = 3, when:
     if when != "free":
         raise ValueError(f"when must be 'next' or 'free', not {when!r}")
     return free_window(host_allocations(find_host(node_name, profile)), hours, now)
+
+
+# --- choosing the block and the host (notebook 01) -----------------------------------------------
+
+# chi-in-a-box's MaxLeaseDurationFilter allows 7 days; a block of 168 hours lasts 167 h 50 min, under it.
+MAX_HOURS = 168
+LEAD = timedelta(minutes=1)  # a start closer than this is past by the time Blazar reads it (as next_block)
+_START = re.compile(r"(\d{4})-(\d{2})-(\d{2})[T ](\d{1,2}):(\d{2})(?::(\d{2}))?(?:\s*(?:Z|UTC))?", re.IGNORECASE)
+
+
+def check_hours(hours) -> int:
+    """`hours` as Blazar takes it: a whole number from 1 to MAX_HOURS."""
+    if isinstance(hours, bool) or not isinstance(hours, int) or not 1 <= hours <= MAX_HOURS:
+        raise parameters.ParameterError(
+            f"hours = {hours!r} cannot be a lease: write a whole number of hours from 1 to {MAX_HOURS} "
+            f"(Chameleon allows a lease {MAX_HOURS // 24} days at most), such as hours = 3."
+        )
+    return hours
+
+
+def choose_start(when: str, hours: int, now: datetime | None = None) -> tuple[datetime, datetime] | None:
+    """The block notebook 01's `when` asks for: "next" (from the next full hour), "free" (None: the
+    caller takes the host's first free block) or a start in UTC ("2026-12-06 14:00", "2026-12-06T14:00",
+    with or without "Z" or " UTC"). Refuses, saying what to write instead, a start it cannot read,
+    one not on the hour, one past or under a minute away, and hours Blazar would refuse."""
+    hours = check_hours(hours)
+    now = now or datetime.now(timezone.utc)
+    soonest = next_block(now, hours)[0]
+    keyword = when.strip().lower() if isinstance(when, str) else None
+    if keyword == "next":
+        return next_block(now, hours)
+    if keyword == "free":
+        return None
+    start = _read_start(when, soonest)
+    if start < now + LEAD:
+        state = "is already past" if start <= now else "is less than a minute away"
+        raise parameters.ParameterError(
+            f"when = {when!r} {state} (now {now:%Y-%m-%d %H:%M} UTC): write a later hour, such as "
+            f'when = "{soonest:%Y-%m-%d %H:%M}", or when = "next" for the block from the next full hour.'
+        )
+    if (start.minute, start.second) != (0, 0):
+        earlier = start.replace(minute=0, second=0)
+        nearest = [t for t in (earlier, earlier + timedelta(hours=1)) if t >= now + LEAD]
+        shown = " or ".join(f'when = "{t:%Y-%m-%d %H:%M}"' for t in nearest)
+        at = f"{start:%H:%M}" if start.second == 0 else f"{start:%H:%M:%S}"
+        raise parameters.ParameterError(
+            f"when = {when!r} starts at {at}, and a lease starts on the hour (XX:00 UTC): write {shown}."
+        )
+    return block(start, hours)
+
+
+def _read_start(when, example: datetime) -> datetime:
+    """`when` as a UTC datetime, or a ParameterError that shows the forms it takes."""
+    forms = (f'write when = "next" (the block from the next full hour), "free" (the host\'s first free '
+             f'block) or a start in UTC such as "{example:%Y-%m-%d %H:%M}"')
+    found = _START.fullmatch(when.strip()) if isinstance(when, str) else None
+    if found is None:
+        raise parameters.ParameterError(f"when = {when!r} is not a start this notebook can read: {forms}.")
+    year, month, day, hour, minute, second = (int(part or 0) for part in found.groups())
+    try:
+        return datetime(year, month, day, hour, minute, second, tzinfo=timezone.utc)
+    except ValueError as error:  # a 30 February, a 24:00
+        raise parameters.ParameterError(f"when = {when!r} names no such time ({error}): {forms}.") from None
+
+
+def _host_name(host: dict) -> str:
+    return host.get("node_name") or host.get("hypervisor_hostname")
+
+
+def hosts_with_free_blocks(profile: Variant, hours: int, earliest: datetime,
+                           limit: int | None = None) -> list[tuple[str, tuple[datetime, datetime]]]:
+    """Each reservable host of the variant's node type at the site, with its first free block of
+    `hours` from `earliest` (an hour; a later minute counts from the next one), soonest first, then by
+    name; the first `limit` of them. A host whose calendar cannot be read is left out (and logged)."""
+    from blazarclient.exception import BlazarClientException
+    from keystoneauth1.exceptions import ClientException
+
+    if profile.reservation != "node":
+        raise ValueError(
+            f"the {profile.name} variant reserves the VM flavor {profile.node_type}, and a flavor has no host "
+            "list: Blazar takes any free machine of it. Use choose_start and submit without a host."
+        )
+    hours = check_hours(hours)
+    earliest = next_hour(earliest if earliest.tzinfo else earliest.replace(tzinfo=timezone.utc))
+    # Blazar only places leases on reservable, enabled hosts: the others have no block to offer.
+    hosts = [h for h in _blazar().host.list()
+             if h.get("node_type") == profile.node_type and h.get("reservable", True) and not h.get("disabled")]
+    rows = []
+    for host in hosts:
+        try:
+            busy = host_allocations(host)
+        except (BlazarClientException, ClientException) as error:
+            logging.getLogger(__name__).warning("left out %s: its calendar could not be read (%s)",
+                                                _host_name(host), error)
+            continue
+        rows.append((_host_name(host), free_window(busy, hours, earliest=earliest)))
+    rows.sort(key=lambda row: (row[1][0], row[0]))
+    return rows if limit is None else rows[:limit]
+
+
+def _show_block(start: datetime, end: datetime) -> str:
+    # A block that runs past midnight (or for days) names the day it ends on.
+    until = f"{end:%H:%M}" if end.date() == start.date() else f"{end:%Y-%m-%d %H:%M}"
+    return f"{start:%Y-%m-%d %H:%M} to {until} UTC"
+
+
+def show_hosts(rows: list[tuple[str, tuple[datetime, datetime]]], chosen: str | None = None) -> str:
+    """hosts_with_free_blocks' rows as a table for the notebook to print; `*` marks `chosen` (node_name)."""
+    if not rows:
+        return "no host to show: none of this node type could be read at this site."
+    width = max(len("host"), *(len(name) for name, _ in rows))
+    lines = [f"  {'host':<{width}}  first free block"]
+    for name, (start, end) in rows:
+        lines.append(f"{'*' if name == chosen else ' '} {name:<{width}}  {_show_block(start, end)}")
+    if chosen and chosen not in (name for name, _ in rows):
+        lines.append(f"(node_name {chosen!r} is not in this list)")
+    return "\n".join(lines)

@@ -21,7 +21,7 @@ from chi_helpers.chameleon import node_stack
 from chi_helpers.chameleon import reservation
 from chi_helpers.local.target import DEFAULT_WORKDIR
 from chi_helpers.progress import Clock
-from chi_helpers.series import NOTEBOOKS
+from chi_helpers.series import notebooks_for
 from chi_helpers.series.run import NotebookResult, finish, run_notebook, step
 from chi_helpers.variants import Variant
 
@@ -142,12 +142,14 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
     clock = Clock()
     out_dir = Path(output_dir or DEFAULT_WORKDIR / "output" / f"chameleon-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     out_dir.mkdir(parents=True, exist_ok=True)
-    parameters = {"variant": profile.name, "target": "chameleon", "project": project, "site": site, "user": user,
-                  "lease_name": lease_name, "node_name": node_name, "rc_file": rc_file, "repo": repo, "ref": ref,
-                  # By default the run leaves lease, server and address for a rerun; `release` ends them.
-                  "end_lease": end_lease}
+    # Only what a notebook declares reaches it. The credentials are in this process's environment (signed in
+    # below), which every kernel inherits. By default the run leaves lease, server and address for a
+    # rerun; `release` ends them.
+    parameters = {"variant": profile.name, "project": project, "site": site, "user": user, "lease_name": lease_name,
+                  "node_name": node_name, "repo": repo, "ref": ref, "delete_everything": end_lease}
     if expected_photos:  # a smaller copy of Food-11 than the real one (a mirror, a rehearsal)
         parameters["expected_photos"] = dict(expected_photos)
+    entries = notebooks_for("chameleon")
     results: list[NotebookResult] = []
     node = client = url = None
     networks = allowed_networks(rc_file)
@@ -163,15 +165,17 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
     except login.LoginError as error:
         failed = NotebookResult("sign-in", "testbed", status="failed", error=f"LoginError: {error}")
         return finish(clock, "chameleon", profile.name, None, False, out_dir,
-                      [failed, *[NotebookResult(e.name, e.side) for e in NOTEBOOKS]])
-    for number, entry in enumerate(NOTEBOOKS, 1):
+                      [failed, *[NotebookResult(e.name, e.side) for e in entries]], len(entries) + 1)
+    for number, entry in enumerate(entries, 1):
         if results and results[-1].status != "passed":
             results.append(NotebookResult(entry.name, entry.side))
             continue
         if entry.side == "testbed":
-            result = step(clock, number, entry, client, lambda: run_notebook(entry, profile.name, out_dir, parameters))
+            result = step(clock, number, len(entries), entry, client,
+                          lambda: run_notebook(entry, profile.name, out_dir, parameters))
         else:
-            result = step(clock, number, entry, client, lambda: run_node_notebook(node, profile.name, entry.name, out_dir))
+            result = step(clock, number, len(entries), entry, client,
+                          lambda: run_node_notebook(node, profile.name, entry.name, out_dir))
         results.append(result)
         if result.status != "passed":
             continue
@@ -194,4 +198,4 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
             result.error = (f"after {entry.name}, {_STEP.get(entry.source[:2], 'the next step')} failed: "
                             f"{type(error).__name__}: {error}. Run the same command again: every step is safe "
                             "to repeat, and the report shows where it stopped.")
-    return finish(clock, "chameleon", profile.name, url, False, out_dir, results)
+    return finish(clock, "chameleon", profile.name, url, False, out_dir, results, len(entries))

@@ -8,6 +8,8 @@ brings one up only if none of that name exists, and the floating IP the server h
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 from chi_helpers.chameleon.floating_ip import bound_floating_ip, own_floating_ip, wait_for_address
 from chi_helpers.chameleon.plan import SECURITY_GROUP_PORTS
 from chi_helpers.variants import Variant
@@ -25,7 +27,7 @@ NO_READER = ("the application credential has no `reader` role, which reading ima
              "reader role by making a new application credential with it (an existing one's roles cannot be "
              "changed): on the site's dashboard, Identity > Application Credentials > Create Application "
              "Credential, select both `member` and `reader` (or no role: it then gets all of yours), tick "
-             "\"Unrestricted\", download its openrc file, and use it as rc_file.")
+             "\"Unrestricted\", download its openrc file, and use it (--rc-file, or `source` it before you start Jupyter).")
 
 
 def forbidden_read(error: Exception) -> str | None:
@@ -40,17 +42,44 @@ def forbidden_read(error: Exception) -> str | None:
     return None
 
 
-def new_server(profile: Variant, lease, name: str):
-    """python-chi's Server for `name`: it looks the image up in Glance, and a flavor's reservation in Nova."""
-    import chi.server
-
+@contextmanager
+def explain_forbidden():
+    """Around python-chi's `Server(...)`, which reads the image from Glance (and a flavor from Nova): a
+    credential without the `reader` role is refused there, and this says what to do."""
     try:
-        return chi.server.Server(name, image_name=profile.image, **placement(profile, lease))
+        yield
     except Exception as error:
         refused = forbidden_read(error)
         if refused is None:
             raise
         raise ServerError(f"{refused}: {NO_READER}") from None
+
+
+def new_server(profile: Variant, lease, name: str):
+    """python-chi's Server for `name`: it looks the image up in Glance, and a flavor's reservation in Nova."""
+    import chi.server
+
+    with explain_forbidden():
+        return chi.server.Server(name, image_name=profile.image, **placement(profile, lease))
+
+
+def require_active(lease) -> None:
+    """A server starts only on an ACTIVE lease: stop with when it starts, or what to do."""
+    if lease is None:
+        raise ServerError("there is no live lease of that name: run notebook 01 first (or check lease_name)")
+    if lease.status != "ACTIVE":
+        raise ServerError(f"lease {lease.name} is {lease.status}, not ACTIVE: a server can start only once it is. "
+                          "Run this again when the lease has started.")
+
+
+def check_not_error(server, user: str) -> None:
+    """A server in ERROR (its host failed to deploy) cannot be used: say what to do."""
+    if server.status == "ERROR":
+        raise ServerError(
+            f"server {server.name} is in ERROR (the host may have failed to deploy). Delete it "
+            f"(`python -m chi_helpers release --user {user} ...` or the dashboard: Compute > Instances) and run "
+            "this again; if it fails twice, reserve another host."
+        )
 
 
 def server_name(user: str) -> str:
@@ -99,9 +128,7 @@ def open_ports(server) -> None:
 
 def bring_up(profile: Variant, lease, user: str, wait: bool = True):
     """The server, ACTIVE, with a floating IP and SSH answering; returns the python-chi Server."""
-    if lease.status != "ACTIVE":
-        raise ServerError(f"lease {lease.name} is {lease.status}, not ACTIVE: a server can start only once it is. "
-                          "Run this again when the lease has started.")
+    require_active(lease)
     name = server_name(user)
     server = new_server(profile, lease, name)
     server.submit(idempotent=True, wait_for_active=False, show=None)
@@ -109,12 +136,7 @@ def bring_up(profile: Variant, lease, user: str, wait: bool = True):
         server.wait(show="text")
     else:
         server.refresh()
-    if server.status == "ERROR":
-        raise ServerError(
-            f"server {name} is in ERROR (the host may have failed to deploy). Delete it "
-            f"(`python -m chi_helpers release --user {user} ...` or the dashboard) and run this again; "
-            "if it fails twice, reserve another host."
-        )
+    check_not_error(server, user)
     address = bound_floating_ip(server)
     if address:
         print(f"{name} already has floating IP {address}: keeping it")

@@ -15,16 +15,18 @@ from chi_helpers.series import REPO_ROOT
 WORKSPACE = REPO_ROOT / "workspace_mlflow"
 DEFAULT_WORKDIR = REPO_ROOT / ".local-target"
 
-# The training's config for this machine: small photos, few epochs, no weights download, and
-# learning rates that suit random weights. Everything else keeps the node's defaults.
+# The training's config for this machine: small photos, no weights download, no frozen phase (from
+# random weights it would train a head on random features), one learning rate for the whole network,
+# and no early stopping (validation loss rises while BatchNorm's running statistics settle, for about
+# four epochs). On the sample set both tracked scripts reach a test accuracy of about 0.8 in 8 epochs.
 LOCAL_TRAINING_ARGS = {
-    "image_size": 32,
-    "initial_epochs": 2,
-    "total_epochs": 4,
-    "patience": 3,
+    "image_size": 48,
+    "initial_epochs": 0,
+    "total_epochs": 8,
+    "patience": 8,
     "pretrained": False,
-    "lr": 3e-3,
-    "fine_tune_lr": 1e-3,
+    "lr": 2e-3,
+    "fine_tune_lr": 2e-3,
 }
 
 

@@ -1,19 +1,23 @@
-"""`python -m chi_helpers build`: the series' notebooks and web pages, per GPU variant, from one source.
+"""`python -m chi_helpers build`: the series' notebooks and web pages, per GPU variant and for the local
+target, from one source.
 
 A source (`notebooks/source/NN_name.md`) is Markdown:
 
 - a fenced block opened with ```` ```python ```` becomes a code cell (```` ```python parameters ````
   tags it `parameters` for papermill); every other fence stays Markdown, to be read, not run;
-- the Markdown between two code cells is one Markdown cell;
-- `::: nvidia vm` ... `:::` keeps what it wraps only in those variants' notebooks;
-- `{{ key }}` is replaced by that field of the variant's profile (`chi_helpers.variants`);
+- the Markdown between two code cells is one Markdown cell, or several where a line `+++` splits it;
+- `::: nvidia vm` ... `:::` keeps what it wraps only in those variants' notebooks, `::: chameleon` or
+  `::: local` only in that target's, and `::: chameleon amd` only where both hold;
+- `{{ key }}` is replaced by that field of the build's profile (`chi_helpers.variants`; the local build
+  has `LOCAL`);
 - the setup cell (`SETUP_CELL`) is put right after the parameters cell of every notebook: it
-  finds the copy of the series the notebook sits in and readies the kernel (`kernel_setup`), so a
-  notebook opened where the package is not installed (Chameleon's JupyterHub) runs from its top.
+  finds the copy of the series (or the installed package) and readies the kernel (`kernel_setup`), so
+  a notebook opened where the package is not installed (Chameleon's JupyterHub) runs from its top.
 
 `build` writes each variant's notebooks (testbed-side ones under `notebooks/<variant>/`, node-side
-ones under `workspace_mlflow/<variant>/`) and one HTML page of the whole series per variant plus an
-index under `site/`. `build --check` writes nothing and fails when a committed file differs.
+ones under `workspace_mlflow/<variant>/`), the local target's (`notebooks/local/`,
+`workspace_mlflow/local/`), and one HTML page per build plus an index under `site/`. `build --check`
+writes nothing and fails when a committed file differs.
 """
 
 from __future__ import annotations
@@ -25,12 +29,12 @@ from pathlib import Path
 
 import nbformat
 
-from chi_helpers.series import NOTEBOOKS, REPO_ROOT, SOURCE_DIR, output_path
-from chi_helpers.variants import DEFAULT_VARIANT, VARIANTS, Variant
+from chi_helpers.series import LOCAL_BUILD, NOTEBOOKS, REPO_ROOT, SOURCE_DIR, notebooks_for, output_path
+from chi_helpers.variants import DEFAULT_VARIANT, LOCAL, TARGETS, VARIANTS, Variant
 
 SITE_DIR = REPO_ROOT / "site"
 FENCE = re.compile(r"^```python(?:\s+(?P<tags>[\w ,-]+))?\s*$")
-ONLY = re.compile(r"^:::\s+(?P<variants>[\w ]+)$")
+ONLY = re.compile(r"^:::\s+(?P<names>[\w ]+)$")
 SUBSTITUTION = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 
 
@@ -45,19 +49,25 @@ class Cell:
     tags: tuple[str, ...] = ()
 
 
-def _select_variant(lines: list[str], variant: str, where: str) -> list[str]:
-    """Drop the `::: names` blocks that are not for `variant`."""
+def _keeps(names: list[str], variant: str, target: str, where: str) -> bool:
+    """Whether a `::: names` block is for this build: each kind of name given (variants, targets) must match."""
+    unknown = set(names) - set(VARIANTS) - set(TARGETS)
+    if unknown:
+        raise SourceError(f"{where}: unknown variant(s) or target(s) {sorted(unknown)}")
+    variants = [n for n in names if n in VARIANTS]
+    targets = [n for n in names if n in TARGETS]
+    return (not variants or variant in variants) and (not targets or target in targets)
+
+
+def _select(lines: list[str], variant: str, target: str, where: str) -> list[str]:
+    """Drop the `::: names` blocks that are not for this variant and target."""
     kept, inside = [], None
     for number, line in enumerate(lines, 1):
         opened = ONLY.match(line)
         if opened:
             if inside is not None:
                 raise SourceError(f"{where}:{number}: a ::: block inside another")
-            names = opened["variants"].split()
-            unknown = set(names) - set(VARIANTS)
-            if unknown:
-                raise SourceError(f"{where}:{number}: unknown variant(s) {sorted(unknown)}")
-            inside = variant in names
+            inside = _keeps(opened["names"].split(), variant, target, f"{where}:{number}")
         elif line.strip() == ":::":
             if inside is None:
                 raise SourceError(f"{where}:{number}: ::: closes nothing")
@@ -79,9 +89,9 @@ def _substitute(text: str, profile: dict, where: str) -> str:
     return SUBSTITUTION.sub(value, text)
 
 
-def parse(text: str, variant: Variant, where: str = "<source>") -> list[Cell]:
-    """The cells of one source, for one variant."""
-    lines = _select_variant(text.splitlines(), variant.name, where)
+def parse(text: str, variant: Variant, where: str = "<source>", target: str = "chameleon") -> list[Cell]:
+    """The cells of one source, for one variant on one target (the local build: `LOCAL` on "local")."""
+    lines = _select(text.splitlines(), variant.name, target, where)
     cells: list[Cell] = []
     markdown: list[str] = []
     code: list[str] | None = None
@@ -99,6 +109,8 @@ def parse(text: str, variant: Variant, where: str = "<source>") -> list[Cell]:
             if fence:
                 flush_markdown()
                 code, tags = [], tuple(t for t in re.split(r"[ ,]+", fence["tags"] or "") if t)
+            elif line.strip() == "+++":
+                flush_markdown()
             else:
                 markdown.append(line)
         elif line.strip() == "```":
@@ -116,31 +128,42 @@ def parse(text: str, variant: Variant, where: str = "<source>") -> list[Cell]:
 
 
 SETUP_CELL = '''\
-# Setup: find the copy of the series this notebook is in, make its helpers importable, and install
-# what this kernel lacks (the first time only). Safe to run again.
+# Setup: make this series' helpers (chi_helpers) importable, and install what this kernel lacks
+# (the first run only). Safe to run again.
+import importlib.util
+import os
 import sys
 from pathlib import Path
 
-series = next((p for p in [Path.cwd(), *Path.cwd().parents] if (p / "chi_helpers" / "kernel_setup.py").is_file()), None)
-if series is None:
-    raise RuntimeError(f"{Path.cwd()} is not in a copy of the series: open this notebook from its own folder")
-sys.path.insert(0, str(series))
+# The notebook's folder (Jupyter names the notebook in JPY_SESSION_NAME), then the working folder.
+places = [Path(os.environ.get("JPY_SESSION_NAME", ".")).resolve().parent, Path.cwd().resolve()]
+series = next((p for place in places for p in [place, *place.parents] if (p / "chi_helpers" / "kernel_setup.py").is_file()), None)
+if series is not None:
+    sys.path.insert(0, str(series))
+elif importlib.util.find_spec("chi_helpers") is None:
+    raise RuntimeError("chi_helpers is neither installed nor in a folder above this notebook: open the notebook "
+                       "from its place in the series (or `pip install -e` the series)")
 from chi_helpers import kernel_setup
 
-kernel_setup.prepare(target, side="{side}")'''
+kernel_setup.prepare("{target}", side="{side}", folder="{folder}")'''
 
 
-def with_setup_cell(cells: list[Cell], side: str, where: str) -> list[Cell]:
+def with_setup_cell(cells: list[Cell], setup: str, where: str) -> list[Cell]:
     """The cells with the setup cell right after the parameters cell."""
     at = next((i for i, c in enumerate(cells) if "parameters" in c.tags), None)
     if at is None:
         raise SourceError(f"{where}: no ```python parameters block: every notebook needs one")
-    return [*cells[:at + 1], Cell("code", SETUP_CELL.replace("{side}", side), ("setup",)), *cells[at + 1:]]
+    return [*cells[:at + 1], Cell("code", setup, ("setup",)), *cells[at + 1:]]
 
 
-def render(source: Path, variant: Variant, side: str = "testbed") -> nbformat.NotebookNode:
+def setup_cell(target: str, side: str, folder: str) -> str:
+    return SETUP_CELL.replace("{target}", target).replace("{side}", side).replace("{folder}", folder)
+
+
+def render(source: Path, variant: Variant, side: str = "testbed", target: str = "chameleon") -> nbformat.NotebookNode:
     where = str(source.relative_to(REPO_ROOT))
-    cells = with_setup_cell(parse(source.read_text(), variant, where), side, where)
+    folder = ("notebooks/" if side == "testbed" else "workspace_mlflow/") + variant.name
+    cells = with_setup_cell(parse(source.read_text(), variant, where, target), setup_cell(target, side, folder), where)
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -177,15 +200,16 @@ def index_notebook() -> nbformat.NotebookNode:
         f"| [{v.title}]({v.name}.html) | {v.site} | {v.gpus} x {v.gpu_model} | `{v.image}` |"
         for v in VARIANTS.values()
     )
-    listing = "\n".join(f"{i + 1}. {n.title}" for i, n in enumerate(NOTEBOOKS))
+    listing = "\n".join(f"{i + 1}. {n.title}" for i, n in enumerate(notebooks_for("chameleon")))
     text = (
         "# ML experiment tracking on a GPU testbed\n\n"
         "A hands-on series: reserve a GPU node on Chameleon, run an MLflow tracking stack on it, and "
-        "train a food-photo classifier with tracking, autologging and the model registry. Without "
-        "Chameleon, the MLflow half runs on one machine (`make run`).\n\n"
+        "train a food-photo classifier with tracking, autologging and the model registry.\n\n"
         "Pick the page for the hardware you will reserve:\n\n"
         "| variant | site | GPUs | disk image |\n|---|---|---|---|\n" + rows + "\n\n"
-        f"The series, in order:\n\n{listing}\n"
+        f"The series, in order:\n\n{listing}\n\n"
+        f"Without Chameleon, [the local edition]({LOCAL_BUILD}.html) takes the same lesson on one computer's "
+        "CPU, with a small data set.\n"
     )
     nb = nbformat.v4.new_notebook()
     cell = nbformat.v4.new_markdown_cell(text)
@@ -204,20 +228,18 @@ def start_here_notebook() -> nbformat.NotebookNode:
         f"(notebooks/{v.name}/00_introduction.ipynb) |"
         for v in VARIANTS.values()
     )
-    testbed = ", ".join(f"`{e.name}`" for e in NOTEBOOKS if e.side == "testbed")
-    node = ", ".join(f"`{e.name}`" for e in NOTEBOOKS if e.side == "node")
+    testbed = ", ".join(f"`{e.name[:2]}`" for e in NOTEBOOKS if e.side == "testbed")
+    node = ", ".join(f"`{e.name[:2]}`" for e in NOTEBOOKS if e.side == "node")
     text = (
         "# Start here: ML experiment tracking on a GPU testbed\n\n"
         "This copy of the series holds one set of notebooks per kind of GPU host. Open the first "
         "notebook of the one your class (or your reservation) uses, and go on in order:\n\n"
         "| hardware | site | GPUs | open first |\n|---|---|---|---|\n" + rows + "\n\n"
-        f"{testbed} run here, in this Jupyter server: they reserve the host, set it up and start "
-        f"the tracking stack. {node} run on the node, in the Jupyter container that notebook 04 starts "
-        "there (they are in `workspace_mlflow/<variant>/`).\n\n"
-        "Every notebook starts with a **parameters** cell and a setup cell: run them first. The setup "
-        "cell installs what this server lacks, once. The notebooks work on Chameleon by default "
-        "(`target = \"chameleon\"`); without Chameleon, set `target = \"local\"` to run the MLflow "
-        "half on this machine's CPU.\n"
+        f"Notebooks {testbed} run here, in this Jupyter server: they reserve the host, set it up, start "
+        f"the tracking stack and release it all at the end. Notebooks {node} run on the node, in the "
+        "Jupyter container that notebook 04 starts there.\n\n"
+        "Without Chameleon, open [notebooks/local/00_introduction.ipynb](notebooks/local/00_introduction.ipynb): "
+        "the same lesson on this computer's CPU. `docs/students.md` lists what you need before you start.\n"
     )
     nb = nbformat.v4.new_notebook()
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
@@ -251,14 +273,19 @@ def share_styles(pages: dict[Path, str]) -> dict[Path, str]:
     return out
 
 
+def builds() -> list[tuple[Variant, str]]:
+    """Every build: each variant's on Chameleon, and the local target's."""
+    return [*((variant, "chameleon") for variant in VARIANTS.values()), (LOCAL, "local")]
+
+
 def expected_files() -> dict[Path, str]:
     """Every generated file and the text the source gives it."""
     files: dict[Path, str] = {}
     pages: dict[Path, str] = {}
-    for variant in VARIANTS.values():
+    for variant, target in builds():
         rendered = []
-        for entry in NOTEBOOKS:
-            nb = render(SOURCE_DIR / entry.source, variant, entry.side)
+        for entry in notebooks_for(target):
+            nb = render(SOURCE_DIR / entry.source, variant, entry.side, target)
             files[output_path(entry, variant.name)] = notebook_text(nb)
             rendered.append(nb)
         pages[SITE_DIR / f"{variant.name}.html"] = page_html(rendered, f"ML experiment tracking: {variant.title}")
@@ -283,9 +310,9 @@ ships with the series because papermill does not create its output folder.
 def stale_outputs(files: dict[Path, str]) -> list[Path]:
     """Generated notebooks and pages lying around that no source produces any more."""
     places = [SITE_DIR.glob("*.html"), SITE_DIR.glob("*.css")]
-    for variant in VARIANTS:
-        places += [(REPO_ROOT / "notebooks" / variant).glob("*.ipynb"),
-                   (REPO_ROOT / "workspace_mlflow" / variant).glob("*.ipynb")]
+    for variant, _ in builds():
+        places += [(REPO_ROOT / "notebooks" / variant.name).glob("*.ipynb"),
+                   (REPO_ROOT / "workspace_mlflow" / variant.name).glob("*.ipynb")]
     return sorted(p for found in places for p in found if p not in files)
 
 

@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from chi_helpers.progress import Clock
-from chi_helpers.series import NOTEBOOKS, Entry, output_path
+from chi_helpers.series import Entry, output_path
 from chi_helpers.series.report import write_report
 
 
@@ -54,10 +54,11 @@ def _failure(error: Exception) -> tuple[int | None, str]:
     return count, f"{name}: {value}"
 
 
-def run_notebook(entry: Entry, variant: str, out_dir: Path, parameters: dict) -> NotebookResult:
+def run_notebook(entry: Entry, build: str, out_dir: Path, parameters: dict, source: Path | None = None) -> NotebookResult:
+    """Run `entry` of `build` (a variant's name, or `local`) in its own folder; `source` runs another copy of it."""
     import papermill as pm
 
-    source = output_path(entry, variant)
+    source = source or output_path(entry, build)
     target = out_dir / entry.name
     declared = pm.inspect_notebook(str(source))
     given = {k: v for k, v in parameters.items() if k in declared}
@@ -77,9 +78,9 @@ def run_notebook(entry: Entry, variant: str, out_dir: Path, parameters: dict) ->
     return result
 
 
-def step(clock: Clock, number: int, entry: Entry, client, run) -> NotebookResult:
+def step(clock: Clock, number: int, total: int, entry: Entry, client, run) -> NotebookResult:
     """Run one notebook with a progress line, and note the MLflow runs and model versions it made."""
-    clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} ...")
+    clock.say(f"[{number}/{total}] {entry.name} ...")
     runs_before, versions_before = _tracking_state(client) if client else ({}, {})
     result = run()
     if client:
@@ -90,18 +91,18 @@ def step(clock: Clock, number: int, entry: Entry, client, run) -> NotebookResult
             for key, v in versions_after.items() if key not in versions_before
         ]
     detail = f", cell {result.failing_cell}: {result.error}" if result.status == "failed" else ""
-    clock.say(f"[{number}/{len(NOTEBOOKS)}] {entry.name} {result.status} in {result.seconds:.1f} s"
+    clock.say(f"[{number}/{total}] {entry.name} {result.status} in {result.seconds:.1f} s"
               f" ({len(result.runs)} run(s)){detail}")
     return result
 
 
 def finish(clock: Clock, target: str, variant: str, mlflow_url: str | None, stack_kept: bool, out_dir: Path,
-           results: list[NotebookResult]) -> dict:
-    """The report of a series run, written to `out_dir` and returned."""
+           results: list[NotebookResult], expected: int) -> dict:
+    """The report of a series run (`expected` notebooks), written to `out_dir` and returned."""
     report = {
         "target": target,
         "variant": variant,
-        "passed": len(results) == len(NOTEBOOKS) and all(r.status == "passed" for r in results),
+        "passed": len(results) == expected and all(r.status == "passed" for r in results),
         "seconds": clock.elapsed(),
         "mlflow_url": mlflow_url or "(never reached)",
         "stack_kept": stack_kept,

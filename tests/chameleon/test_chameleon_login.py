@@ -54,7 +54,7 @@ def key_files(tmp_path) -> tuple[str, str]:
 def test_nothing_to_sign_in_with_says_where_credentials_come_from():
     with pytest.raises(LoginError) as error:
         check()
-    assert "no Chameleon credentials" in str(error.value) and "rc_file" in str(error.value)
+    assert "no Chameleon credentials" in str(error.value) and "--rc-file" in str(error.value)
 
 
 def test_an_rc_file_that_is_not_there_is_named(tmp_path):

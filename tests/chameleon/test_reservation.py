@@ -8,6 +8,7 @@ from unittest import mock
 
 import pytest
 
+from chi_helpers import parameters
 from chi_helpers.chameleon import reservation
 from chi_helpers.variants import VARIANTS
 
@@ -122,3 +123,73 @@ def test_too_long_and_past_and_unknown_are_explained():
     assert "Blazar would not make lease 'mlflow_abc123'" in other and "something new" in other
     unknown = explained(None)
     assert "gave no reason" in unknown
+
+
+# --- choosing the block (notebook 01's `when`) and showing the hosts --------------------------------
+
+NOW = t("2026-12-06 12:32")
+
+
+@pytest.mark.parametrize("when", ["2026-12-06 14:00", "2026-12-06T14:00", "2026-12-06T14:00Z", "2026-12-06 14:00 UTC",
+                                  " 2026-12-06 14:00:00 utc ", "2026-12-06T14:00:00Z"])
+def test_a_start_in_utc_is_taken_in_each_form(when):
+    assert reservation.choose_start(when, 3, NOW) == (t("2026-12-06 14:00"), t("2026-12-06 16:50"))
+
+
+def test_next_and_free_and_the_next_hour_written_out():
+    assert reservation.choose_start("next", 2, NOW) == (t("2026-12-06 13:00"), t("2026-12-06 14:50"))
+    assert reservation.choose_start("Next", 2, NOW) == reservation.next_block(NOW, 2)
+    assert reservation.choose_start("free", 3, NOW) is None
+    # The next hour, written out, is the same block as "next"; a minute before it, the hour after.
+    assert reservation.choose_start("2026-12-06 13:00", 3, NOW) == reservation.choose_start("next", 3, NOW)
+    assert reservation.choose_start("2026-12-06 13:00", 168, t("2026-12-06 12:58:59"))[1] == t("2026-12-13 12:50")
+
+
+@pytest.mark.parametrize("when,said", [
+    ("tomorrow", ["'tomorrow' is not a start", 'when = "next"', '"free"', '"2026-12-06 13:00"']),
+    ("2026-12-06 14:00+02:00", ["is not a start", "in UTC"]),
+    ("06/12/2026 14:00", ["is not a start", '"2026-12-06 13:00"']),
+    (None, ["None is not a start"]),
+    ("2026-02-30 14:00", ["names no such time", "day is out of range"]),
+    ("2026-12-06 24:00", ["names no such time", "hour must be in 0..23"]),
+    ("2026-12-06 14:30", ["starts at 14:30", "on the hour", 'when = "2026-12-06 14:00" or when = "2026-12-06 15:00"']),
+    ("2026-12-06 12:45", ["starts at 12:45", 'write when = "2026-12-06 13:00".']),  # 12:00 is past: not offered
+    ("2026-12-06 14:00:30", ["starts at 14:00:30", "on the hour"]),
+    ("2026-12-06 12:00", ["is already past", "now 2026-12-06 12:32 UTC", '"2026-12-06 13:00"', 'when = "next"']),
+    ("2025-12-06 14:00", ["is already past"]),
+])
+def test_a_start_that_cannot_be_used_says_why_and_what_to_write(when, said):
+    with pytest.raises(parameters.ParameterError) as error:
+        reservation.choose_start(when, 3, NOW)
+    for words in said:
+        assert words in str(error.value)
+
+
+def test_a_start_under_a_minute_away_is_refused_as_blazar_would():
+    with pytest.raises(parameters.ParameterError, match="less than a minute away.*\"2026-12-06 14:00\""):
+        reservation.choose_start("2026-12-06 13:00", 3, t("2026-12-06 12:59:30"))
+
+
+@pytest.mark.parametrize("hours", [0, -3, 169, 2.5, "3", True])
+def test_hours_blazar_would_refuse_are_refused_first(hours):
+    with pytest.raises(parameters.ParameterError) as error:
+        reservation.choose_start("next", hours, NOW)
+    assert f"hours = {hours!r} cannot be a lease" in str(error.value) and "from 1 to 168" in str(error.value)
+
+
+def test_the_longest_block_fits_blazars_limit():
+    start, end = reservation.choose_start("next", reservation.MAX_HOURS, NOW)
+    assert (end - start).total_seconds() <= 7 * 24 * 3600  # MaxLeaseDurationFilter's 7 days
+
+
+def test_show_hosts_marks_the_chosen_one_and_names_the_day_a_block_ends():
+    rows = [("liqid03", (t("2026-12-06 13:00"), t("2026-12-06 15:50"))),
+            ("liqid01", (t("2026-12-06 22:00"), t("2026-12-07 00:50")))]
+    assert reservation.show_hosts(rows, chosen="liqid01").splitlines() == [
+        "  host     first free block",
+        "  liqid03  2026-12-06 13:00 to 15:50 UTC",
+        "* liqid01  2026-12-06 22:00 to 2026-12-07 00:50 UTC",
+    ]
+    assert "*" not in reservation.show_hosts(rows)
+    assert reservation.show_hosts(rows, "liqid09").endswith("(node_name 'liqid09' is not in this list)")
+    assert reservation.show_hosts([]).startswith("no host to show")

@@ -2,10 +2,10 @@
 
 The stand-in kernel's Python has only what the hub has (Jupyter's kernel, ipywidgets, python-chi
 with Chameleon's Blazar client): not this project, not MLflow, not PyTorch. It is registered as its
-own Jupyter kernel, and the JupyterHub-side notebooks of every variant run in it from a copy of
-the repository's files, as Trovi's launch makes one. Their setup cell must make the helpers
-importable and install what the local target needs; a chameleon-target notebook without
-credentials must stop at its login check with what to set.
+own Jupyter kernel, and notebooks run in it from a copy of the repository's files, as Trovi's launch
+makes one: the local edition's hub-side notebooks, whose setup cell must make the helpers importable
+and install what the local target needs; and the chameleon ones, which sign in the hub's way (against
+the twin) or, without credentials, stop at their sign-in cell with what to set.
 
 The hub's base environment is built once and kept in ~/.cache/chi-series (about a minute the first
 time); each session works on a copy of it, so the notebooks' own installs are exercised every time.
@@ -31,9 +31,8 @@ import pytest
 from chi_helpers.kernel_setup import NEEDS, PROVIDERS
 from chi_helpers.twin import control
 from chi_helpers.local import processes
-from chi_helpers.series import NOTEBOOKS, REPO_ROOT
+from chi_helpers.series import LOCAL_BUILD, REPO_ROOT, notebooks_for
 from chi_helpers import network_guard as guard
-from chi_helpers.variants import VARIANTS
 
 # What Chameleon's JupyterHub kernel has (SPEC: "Chameleon's JupyterHub and Trovi").
 HUB_PACKAGES = ["python-chi==1.2.10", "chameleon-blazarclient==3.6.5", "ipykernel>=6.29", "ipywidgets>=8"]
@@ -43,7 +42,7 @@ REQUIREMENTS = Path(__file__).with_name("hub-kernel.txt")
 WHEELHOUSE = Path(sys.prefix) / "wheelhouse"  # made by `make install` from REQUIREMENTS
 OFFLINE = ["--no-index", "--find-links", str(WHEELHOUSE)]
 QUIET = "chi_helpers.series.quiet_kernel.QuietKernelManager"
-TESTBED = [entry for entry in NOTEBOOKS if entry.side == "testbed"]
+LOCAL_TESTBED = [entry for entry in notebooks_for("local") if entry.side == "testbed"]
 
 
 def base_environment() -> Path:
@@ -132,21 +131,19 @@ def test_the_stand_in_kernel_has_only_what_the_hub_has(hub):
                      "chi_helpers": False, "mlflow": False, "torch": False}  # (Pillow comes with python-chi)
 
 
-@pytest.mark.parametrize("variant", list(VARIANTS))
-def test_the_hub_side_notebooks_run_from_a_fresh_copy(variant, hub, hub_env, fresh_copy, tmp_path, capfd):
+def test_the_local_editions_hub_side_notebooks_run_from_a_fresh_copy(hub, hub_env, fresh_copy, tmp_path, capfd):
     workdir = tmp_path / "local-target"
     port = processes.free_port()
-    given = {"variant": variant, "target": "local", "mlflow_port": port, "local_workdir": str(workdir),
-             "data_dir": str(workdir / "Food-11"), "user": "student1"}
+    given = {"mlflow_port": port, "local_workdir": str(workdir), "data_dir": str(workdir / "Food-11")}
+    folder = f"notebooks/{LOCAL_BUILD}"
     try:
-        for entry in TESTBED:
-            declared = pm.inspect_notebook(str(fresh_copy / "notebooks" / variant / entry.name))
-            run(fresh_copy, f"notebooks/{variant}", entry.name, tmp_path / entry.name,
-                {k: v for k, v in given.items() if k in declared})
+        for entry in LOCAL_TESTBED:
+            declared = pm.inspect_notebook(str(fresh_copy / folder / entry.name))
+            run(fresh_copy, folder, entry.name, tmp_path / entry.name, {k: v for k, v in given.items() if k in declared})
     finally:
         subprocess.run([str(hub[0]), "-m", "chi_helpers", "stack", "down", "--state-dir", str(workdir / "stack")],
                        cwd=fresh_copy, capture_output=True)
-    setup = [c for c in nbformat.read(tmp_path / TESTBED[0].name, 4).cells if "setup" in c.metadata.get("tags", [])]
+    setup = [c for c in nbformat.read(tmp_path / LOCAL_TESTBED[0].name, 4).cells if "setup" in c.metadata.get("tags", [])]
     said = "".join(o.get("text", "") for o in setup[0].outputs)
     assert f"series at {fresh_copy}" in said  # the copy's helpers, not this checkout's
     # The data set and the stack were made by the notebooks, in the kernel's own environment.
@@ -157,7 +154,7 @@ def test_the_hub_side_notebooks_run_from_a_fresh_copy(variant, hub, hub_env, fre
 def test_a_second_setup_installs_nothing(hub, hub_env, fresh_copy, tmp_path):
     said = []
     for attempt in ("first", "second"):
-        run(fresh_copy, "notebooks/amd", "00_introduction.ipynb", tmp_path / f"{attempt}.ipynb", {"target": "local"})
+        run(fresh_copy, f"notebooks/{LOCAL_BUILD}", "00_introduction.ipynb", tmp_path / f"{attempt}.ipynb", {})
         setup = next(c for c in nbformat.read(tmp_path / f"{attempt}.ipynb", 4).cells
                      if "setup" in c.metadata.get("tags", []))
         said.append("".join(o.get("text", "") for o in setup.outputs))
@@ -173,8 +170,8 @@ def test_a_chameleon_notebook_without_credentials_says_what_to_set(hub, hub_env,
     with pytest.raises(pm.PapermillExecutionError) as error:
         run(fresh_copy, "notebooks/nvidia", "01_reserve.ipynb", tmp_path / "out.ipynb", {"user": "student1"})
     assert error.value.ename == "LoginError"
-    assert "no Chameleon credentials" in error.value.evalue and "rc_file" in error.value.evalue
-    assert "login.check(" in failing_cell(tmp_path / "out.ipynb").source  # before python-chi
+    assert "no Chameleon credentials" in error.value.evalue and "--rc-file" in error.value.evalue
+    assert "login.use_project(" in failing_cell(tmp_path / "out.ipynb").source  # the sign-in cell
 
 
 @pytest.fixture
@@ -205,11 +202,13 @@ def test_a_hub_kernel_signs_in_the_hubs_way_and_reserves(hub, hub_env, twin_hub,
     assert [lease["name"] for lease in leases] == ["mlflow_student1"]
 
     run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", given)
+    assert [lease["name"] for lease in control.summary(twin_hub.world)["leases"]] == ["mlflow_student1"]  # not yet
+    run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", {**given, "delete_everything": True})
     assert control.summary(twin_hub.world)["leases"] == []
     # Every Keystone token came through the federation route: one sign-in per kernel, then its project.
     log = (twin_hub.world.state_dir / "requests.log").read_text().splitlines()
-    assert log.count("POST /v3/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth 201") == 2
-    assert log.count("GET /hub/api/users/ci-user 200") == 2  # python-chi asked the hub, once per kernel
+    assert log.count("POST /v3/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth 201") == 3
+    assert log.count("GET /hub/api/users/ci-user 200") == 3  # python-chi asked the hub, once per kernel
     tokens = twin_hub.world.data["tokens"].values()
     assert tokens and all(token["user"]["OS-FEDERATION"]["identity_provider"] == {"id": "chameleon"}
                           for token in tokens)  # and none from a password or an application credential

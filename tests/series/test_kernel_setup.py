@@ -97,3 +97,25 @@ def test_the_node_setup_cell_never_installs_pypis_torch_over_a_vendor_build(monk
     with pytest.raises(kernel_setup.SetupError, match="still cannot be imported"):
         kernel_setup.prepare("local", side="node", say=lambda _: None)
     assert installed and all(r.startswith(tuple(absent)) for r in installed[0])
+
+
+def test_a_notebook_started_elsewhere_runs_from_its_own_folder(tmp_path, monkeypatch):
+    # papermill --cwd /elsewhere: the node-side cells name ../train.py, so the kernel moves to the notebook's folder.
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setenv("PYTHONPATH", "")
+    said = []
+    kernel_setup.prepare("local", side="node", folder="workspace_mlflow/amd", say=said.append)
+    assert Path.cwd() == REPO / "workspace_mlflow" / "amd" and (Path("..") / "train.py").is_file()
+    assert any("working folder:" in line for line in said)
+
+
+def test_a_folder_that_has_the_scripts_is_left_alone(tmp_path, monkeypatch):
+    # The local target's own copy of the scripts (a git repository of its own) is where they run.
+    (tmp_path / "train.py").write_text("")
+    (tmp_path / "local").mkdir()
+    monkeypatch.chdir(tmp_path / "local")
+    monkeypatch.setenv("PATH", "/usr/bin")
+    monkeypatch.setenv("PYTHONPATH", "")
+    kernel_setup.prepare("local", side="node", folder="workspace_mlflow/local", say=lambda _: None)
+    assert Path.cwd() == tmp_path / "local"

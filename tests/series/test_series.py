@@ -1,8 +1,10 @@
-"""The notebook series: built from one source per variant, and executed headless with papermill."""
+"""The notebook series: built from one source per variant and for the local target, and executed
+headless with papermill."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -16,13 +18,25 @@ from chi_helpers.series import build
 from chi_helpers.local import stack as local_stack
 from chi_helpers.local import processes
 from chi_helpers.local import run as local_run
-from chi_helpers.series import NOTEBOOKS, REPO_ROOT, output_path
+from chi_helpers.series import LOCAL_BUILD, NOTEBOOKS, REPO_ROOT, notebooks_for, output_path
 from chi_helpers.variants import VARIANTS
 
-BUILT = [(entry, variant) for variant in VARIANTS for entry in NOTEBOOKS]
-# Small enough for a few seconds a training on two cores.
-TEST_TRAINING = {"image_size": 32, "initial_epochs": 1, "total_epochs": 2, "pretrained": False,
-                 "lr": 3e-3, "fine_tune_lr": 1e-3}
+BUILT = [(entry, variant, "chameleon") for variant in VARIANTS for entry in notebooks_for("chameleon")]
+BUILT += [(entry, LOCAL_BUILD, "local") for entry in notebooks_for("local")]
+IDS = [f"{b}/{e.name}" for e, b, _ in BUILT]
+CHAMELEON = [(e, b) for e, b, t in BUILT if t == "chameleon"]
+WORD_LIMIT = 150  # a markdown cell a student reads in one go
+# Words and calls that exist for CI, rehearsals or the other target: none in what a student opens on Chameleon.
+NOT_FOR_STUDENTS = ["target ==", "target =", "headless", "rehearsal", "twin", "follow_site_list", "rc_file",
+                    "local target", "papermill", "CI"]
+
+
+def cells_of(entry, build_name):
+    return nbformat.read(output_path(entry, build_name), as_version=4).cells
+
+
+def words(markdown: str) -> int:
+    return len(re.sub(r"```.*?```", "", markdown, flags=re.S).split())
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -31,85 +45,118 @@ def test_committed_notebooks_and_pages_match_their_source():
     assert build.build(check=True) == 0
 
 
-@pytest.mark.parametrize("entry,variant", BUILT, ids=[f"{v}/{e.name}" for e, v in BUILT])
-def test_each_notebook_opens_with_a_parameters_cell_and_has_no_outputs(entry, variant):
-    nb = nbformat.read(output_path(entry, variant), as_version=4)
-    code = [c for c in nb.cells if c.cell_type == "code"]
+@pytest.mark.parametrize("entry,build_name,target", BUILT, ids=IDS)
+def test_each_notebook_opens_with_a_parameters_cell_and_has_no_outputs(entry, build_name, target):
+    code = [c for c in cells_of(entry, build_name) if c.cell_type == "code"]
     assert code[0].metadata.get("tags") == ["parameters"]
-    assert sum("parameters" in c.metadata.get("tags", []) for c in nb.cells) == 1
-    # What a student opens on the JupyterHub or on the node does the real thing.
-    assert f'variant = "{variant}"' in code[0].source and 'target = "chameleon"' in code[0].source
+    assert sum("parameters" in c.metadata.get("tags", []) for c in code) == 1
+    assert not re.search(r"^target\s*=", code[0].source, re.M)  # each build is for one target: nothing to choose
     assert all(c.outputs == [] and c.execution_count is None for c in code)
 
 
-@pytest.mark.parametrize("entry,variant", BUILT, ids=[f"{v}/{e.name}" for e, v in BUILT])
-def test_the_setup_cell_comes_right_after_the_parameters(entry, variant):
-    code = [c for c in nbformat.read(output_path(entry, variant), as_version=4).cells if c.cell_type == "code"]
+@pytest.mark.parametrize("entry,build_name,target", BUILT, ids=IDS)
+def test_the_setup_cell_comes_right_after_the_parameters(entry, build_name, target):
+    code = [c for c in cells_of(entry, build_name) if c.cell_type == "code"]
+    folder = ("notebooks/" if entry.side == "testbed" else "workspace_mlflow/") + build_name
     assert code[1].metadata.get("tags") == ["setup"]
-    assert f'kernel_setup.prepare(target, side="{entry.side}")' in code[1].source
+    assert f'kernel_setup.prepare("{target}", side="{entry.side}", folder="{folder}")' in code[1].source
     # Nothing before it imports the helpers: a kernel without the package must get this far.
     assert "chi_helpers" not in code[0].source
 
 
-def test_start_here_links_each_variants_first_notebook():
+@pytest.mark.parametrize("entry,build_name,target", BUILT, ids=IDS)
+def test_each_notebook_says_where_it_runs_what_it_teaches_and_what_comes_next(entry, build_name, target):
+    cells = cells_of(entry, build_name)
+    banner = " ".join(cells[0].source.split(" "))
+    assert cells[0].cell_type == "markdown" and banner.startswith("# ")
+    flat = " ".join(banner.split())
+    for label in ("**Where it runs:**", "**Time:**", "**Before you start:**", "**You will be able to:**"):
+        assert label in flat, (label, entry.name)
+    objectives = banner.split("**You will be able to:**")[1]
+    assert len(re.findall(r"^- ", objectives, re.M)) >= 2
+    assert cells[-1].cell_type == "markdown" and "**Next:**" in cells[-1].source
+    long = [(i, words(c.source)) for i, c in enumerate(cells) if c.cell_type == "markdown" and words(c.source) > WORD_LIMIT]
+    assert not long, f"markdown cells over {WORD_LIMIT} words (cell, words): {long}"
+    assert "**Check your understanding:**" in "\n".join(c.source for c in cells)
+
+
+@pytest.mark.parametrize("entry,build_name", CHAMELEON, ids=[f"{b}/{e.name}" for e, b in CHAMELEON])
+def test_what_a_student_opens_on_chameleon_has_nothing_for_ci_or_the_local_target(entry, build_name):
+    for cell in cells_of(entry, build_name)[2:]:  # past the setup cell, which runs either build
+        for phrase in NOT_FOR_STUDENTS:
+            assert not re.search(rf"(?<![\w.]){re.escape(phrase)}(?!\w)", cell.source), (phrase, cell.source[:300])
+
+
+def test_start_here_links_each_variants_first_notebook_and_the_local_edition():
     nb = nbformat.read(build.START_HERE, as_version=4)
     text = "\n".join(c.source for c in nb.cells)
-    for variant in VARIANTS:
+    for variant in [*VARIANTS, LOCAL_BUILD]:
         link = f"notebooks/{variant}/00_introduction.ipynb"
         assert f"]({link})" in text and (REPO_ROOT / link).is_file()
 
 
-def test_the_chameleon_cells_check_the_login_before_python_chi():
+def test_the_sign_in_is_one_short_cell_before_any_other_python_chi_call():
     for variant in VARIANTS:
-        for entry in NOTEBOOKS:
+        for entry in notebooks_for("chameleon"):
             if entry.side != "testbed":
                 continue
-            cells = [c.source for c in nbformat.read(output_path(entry, variant), 4).cells if c.cell_type == "code"]
+            cells = [c.source for c in cells_of(entry, variant) if c.cell_type == "code"]
             first = next((c for c in cells if "from chi import" in c), None)
             if first is None:
                 continue  # this notebook makes no python-chi call
-            # The first cell that imports python-chi checks the login before it.
-            assert "login.check(" in first, (variant, entry.name)
-            assert first.index("login.check(") < first.index("from chi import")
+            assert "login.use_project(project)" in first and "login.verify(" in first, (variant, entry.name)
+            assert "context.use_site(site)" in first and len(first.splitlines()) <= 10, (variant, entry.name)
 
 
-def text_of(variant: str) -> str:
-    return "\n".join(
-        cell.source for entry in NOTEBOOKS for cell in nbformat.read(output_path(entry, variant), 4).cells
-    )
+def text_of(build_name: str) -> str:
+    target = "local" if build_name == LOCAL_BUILD else "chameleon"
+    return "\n".join(cell.source for entry in notebooks_for(target) for cell in cells_of(entry, build_name))
 
 
 def test_each_variant_gets_only_its_own_instructions():
-    nvidia, amd, vm = text_of("nvidia"), text_of("amd"), text_of("vm")
+    nvidia, amd, vm, local = text_of("nvidia"), text_of("amd"), text_of("vm"), text_of(LOCAL_BUILD)
     assert "watch -n 1 nvidia-smi" in nvidia and "watch -n 1 nvidia-smi" not in amd
     assert "rocm-smi" in amd and "rocm-smi" not in nvidia and "rocm-smi" not in vm
     assert "add_flavor_reservation" in vm and "add_flavor_reservation" not in nvidia + amd
-    assert "We reserve the host\n**by name**" in nvidia and "by name" not in vm.split("# Bring up")[0]
+    assert "We reserve the host **by name**" in nvidia and "by name" not in vm.split("# Bring up")[0]
     assert "add_node_reservation" in nvidia and "add_node_reservation" in amd and "add_node_reservation" not in vm
-    assert "we open SSH (22), Jupyter (8888)" in vm and "we open SSH (22)" not in nvidia + amd
+    assert "we open SSH (22)" in vm and "we open SSH (22)" not in nvidia + amd
     assert "compute_liqid" in nvidia and "gpu_mi100" not in nvidia
-    assert "{{" not in nvidia + amd + vm  # every substitution was made
+    assert 'node_name = "liqid01"' in nvidia and 'node_name = ""' in amd  # AMD has no default host
+    assert "from chi " not in local and "Lease(" not in local and "stack up" in local
+    assert "{{" not in nvidia + amd + vm + local  # every substitution was made
 
 
-def test_pages_exist_for_every_variant_and_the_index_links_them():
+def test_the_release_asks_for_an_explicit_yes():
+    cells = cells_of(next(e for e in NOTEBOOKS if e.source.startswith("08")), "nvidia")
+    assert "delete_everything = False" in cells[next(i for i, c in enumerate(cells) if "parameters" in c.metadata.get("tags", []))].source
+    release = next(c.source for c in cells if "release.release(" in c.source)
+    assert release.index("if delete_everything:") < release.index("release.release(")
+    assert "deletes every run, metric and model" in "\n".join(c.source for c in cells)
+
+
+def test_pages_exist_for_every_build_and_the_index_links_them():
     index = (build.SITE_DIR / "index.html").read_text()
     for variant in VARIANTS:
         page = (build.SITE_DIR / f"{variant}.html").read_text()
         assert "Reserve the GPU host" in page and "The model registry, through the API" in page
         assert f'href="{variant}.html"' in index
+    local = (build.SITE_DIR / f"{LOCAL_BUILD}.html").read_text()
+    assert "Reserve the GPU host" not in local and "The model registry, through the API" in local
+    assert f'href="{LOCAL_BUILD}.html"' in index
 
 
 def test_pages_share_one_stylesheet():
     css = (build.SITE_DIR / build.SHARED_CSS).read_text()
     assert ".jp-Cell" in css and "<style" not in css
-    for page in ["index", *VARIANTS]:
+    for page in ["index", *VARIANTS, LOCAL_BUILD]:
         html = (build.SITE_DIR / f"{page}.html").read_text()
         assert '<link rel="stylesheet" href="nbconvert.css">' in html and "<style" not in html
 
 
 @pytest.mark.parametrize("source,message", [
     ("```python\nprint(1)\n", "not closed"),
-    ("::: intel\ntext\n:::\n", "unknown variant(s) ['intel']"),
+    ("::: intel\ntext\n:::\n", "unknown variant(s) or target(s) ['intel']"),
     ("::: nvidia\n::: amd\n:::\n:::\n", "inside another"),
     (":::\n", "closes nothing"),
     ("Hello {{ nonsense }}\n", "{{ nonsense }} is not a field"),
@@ -126,6 +173,16 @@ def test_parse_keeps_display_fences_as_markdown_and_tags_parameters():
     assert [c.kind for c in cells] == ["markdown", "code", "markdown"]
     assert "```bash" in cells[0].text and cells[1].tags == ("parameters",)
     assert cells[2].text == "after CHI@TACC"
+
+
+def test_blocks_select_by_variant_and_target_and_a_rule_splits_markdown():
+    source = "a\n::: local\nL\n:::\n::: chameleon amd\nCA\n:::\n::: chameleon\nC\n:::\n+++\nb\n"
+    chameleon_amd = [c.text for c in build.parse(source, VARIANTS["amd"], "x.md", "chameleon")]
+    chameleon_nvidia = [c.text for c in build.parse(source, VARIANTS["nvidia"], "x.md", "chameleon")]
+    local = [c.text for c in build.parse(source, VARIANTS["amd"], "x.md", "local")]
+    assert chameleon_amd == ["a\nCA\nC", "b"]
+    assert chameleon_nvidia == ["a\nC", "b"]
+    assert local == ["a\nL", "b"]
 
 
 def test_check_fails_on_a_drifted_or_stray_file():
@@ -147,8 +204,6 @@ def test_check_fails_on_a_drifted_or_stray_file():
 
 @pytest.mark.parametrize("notebook,parameters,message", [
     ("00_introduction", {"variant": "intel"}, "unknown variant 'intel': set variant to one of"),
-    ("00_introduction", {"target": "cloud"}, "unknown target 'cloud': set target to 'local'"),
-    ("01_reserve", {"lease_name": ""}, "lease_name is empty: set it in the parameters cell"),
     ("01_reserve", {"lease_name": "my lease!"}, "may hold only letters"),
     ("08_release", {"user": "a/b"}, "user 'a/b' may hold only"),
 ])
@@ -164,90 +219,128 @@ def test_a_bad_parameter_stops_the_notebook_at_its_check(notebook, parameters, m
     assert "parameters.check" in failed.source  # the first cell after the parameters, not later
 
 
-def test_a_notebook_runs_alone_with_the_papermill_cli(tmp_path):
+def test_a_notebook_runs_with_the_papermill_cli_from_any_folder(tmp_path):
+    # Started elsewhere (--cwd): the setup cell finds the installed package, as it finds a copy around the notebook.
     source = output_path(NOTEBOOKS[0], "nvidia")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
     done = subprocess.run(
         [sys.executable, "-m", "papermill", str(source), str(tmp_path / "out.ipynb"), "-p", "variant", "amd",
-         "-p", "target", "local", "--cwd", str(source.parent)],
+         "--cwd", str(elsewhere)],
         capture_output=True, text=True, timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
-    shown = next(c for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if "profile.as_dict()" in c.source)
+    shown = next(c for c in nbformat.read(tmp_path / "out.ipynb", 4).cells if "parameters.check(variant)" in c.source)
     outputs = json.dumps(shown.outputs)
-    assert "gpu_mi100" in outputs and "rocm-smi" in outputs
+    assert "gpu_mi100" in outputs and "MI100" in outputs
 
 
 # --- the whole series, headless, on the local target ---------------------------------------------
 
+LOCAL_SERIES = notebooks_for("local")
+
+
 @pytest.fixture(scope="module")
 def series(tmp_path_factory):
-    """One run of the whole series; the stack is kept for the checks, then stopped."""
+    """One run of the local build with its own sizes (the ones `make run` uses); the stack is kept for the
+    checks, then stopped."""
     workdir = tmp_path_factory.mktemp("series")
     port = processes.free_port()
+    before = scripts_state()
     report = local_run.run_series(
         workdir=workdir, output_dir=workdir / "out", port=port, keep_stack=True,
-        parameters={"training_overrides": TEST_TRAINING, "download_dir": str(workdir / "deployed")},
+        parameters={"download_dir": str(workdir / "deployed")},
     )
+    assert scripts_state() == before  # the students' edits went into the run's own copy, not this checkout
     stack = local_stack.read_state(workdir / "stack")
     yield report, MlflowClient(stack.url), workdir
     local_stack.down(workdir / "stack")
+
+
+def scripts_state() -> dict[str, str]:
+    return {path.name: path.read_text() for path in (REPO_ROOT / "workspace_mlflow").glob("*.py")}
 
 
 def by_name(report: dict) -> dict:
     return {nb["name"].removesuffix(".ipynb"): nb for nb in report["notebooks"]}
 
 
+def said_in(path: Path) -> str:
+    return "".join(o.get("text", "") for c in nbformat.read(path, 4).cells for o in c.get("outputs", []))
+
+
+def git(workdir: Path, *args: str) -> str:
+    return subprocess.run(["git", "-C", str(workdir / "workspace"), *args], capture_output=True, text=True,
+                          check=True).stdout.strip()
+
+
 def test_the_whole_series_passes_and_reports(series):
     report, _, workdir = series
     assert report["passed"], json.dumps(report, indent=1)[:4000]
-    assert [nb["status"] for nb in report["notebooks"]] == ["passed"] * len(NOTEBOOKS)
+    assert [nb["status"] for nb in report["notebooks"]] == ["passed"] * len(LOCAL_SERIES)
     out = workdir / "out"
     assert json.loads((out / "report.json").read_text())["passed"] is True
     assert "| 05_track_pytorch.ipynb | passed |" in (out / "report.md").read_text()
     assert "Series run: PASSED" in (out / "report.html").read_text()
-    for entry in NOTEBOOKS:
+    for entry in LOCAL_SERIES:
         executed = nbformat.read(out / entry.name, 4)
         assert any(c.get("outputs") for c in executed.cells if c.cell_type == "code")
+    # The students' edits were made and committed in the run's own copy of the scripts.
+    subjects = git(workdir, "log", "--format=%s").splitlines()
+    assert len(subjects) == 4 and subjects[-1] == "The series' training scripts"
 
 
-def test_tracking_notebook_leaves_a_baseline_and_two_tracked_runs(series):
+def test_local_runs_learn(series):
+    report, client, _ = series
+    # The trainings the lesson compares: 05's two, and 06's two after the rank check (its two-process run
+    # before the check only shows that two runs appear).
+    lightning = sorted((client.get_run(r["run_id"]) for r in by_name(report)["06_lightning"]["runs"]),
+                       key=lambda run: run.info.start_time)[-2:]
+    compared = [client.get_run(r["run_id"]) for r in by_name(report)["05_track_pytorch"]["runs"]] + lightning
+    assert [run.info.status for run in compared] == ["FINISHED"] * 4
+    accuracies = {run.info.run_name: run.data.metrics["test_accuracy"] for run in compared}
+    assert all(accuracy >= 0.6 for accuracy in accuracies.values()), accuracies  # chance is 1/11
+
+
+def test_tracking_notebook_leaves_two_runs_on_two_commits(series):
     report, client, workdir = series
-    runs = [client.get_run(r["run_id"]) for r in by_name(report)["05_track_pytorch"]["runs"]]
-    assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]  # the utilization lesson
-    head = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-    for run in runs:
-        assert run.info.status == "FINISHED"
-        assert run.data.params["image_size"] == "32" and run.data.params["total_epochs"] == "2"
+    slow, fast = sorted((client.get_run(r["run_id"]) for r in by_name(report)["05_track_pytorch"]["runs"]),
+                        key=lambda r: r.info.start_time)
+    # Before the edit the config has no num_workers (the DataLoader's default, 0); after it, the edit's value.
+    assert "num_workers" not in slow.data.params and fast.data.params["num_workers"] == "2"
+    for run in (slow, fast):
         assert {"epoch_time", "val_loss", "test_accuracy", "trainable_params"} <= set(run.data.metrics)
-        assert [m.step for m in client.get_metric_history(run.info.run_id, "val_loss")] == [0, 1]
-        if head:  # run from a git checkout (as CI's clone is): each run names its commit
-            assert run.data.tags["mlflow.source.git.commit"] == head
-    executed = nbformat.read(workdir / "out" / "05_track_pytorch.ipynb", 4)
-    said = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
+        assert run.data.tags["mlflow.source.git.commit"]
+    # Each run names the commit it ran: the fix is a commit of its own.
+    assert slow.data.tags["mlflow.source.git.commit"] != fast.data.tags["mlflow.source.git.commit"]
+    assert git(workdir, "log", "-1", "--format=%s", fast.data.tags["mlflow.source.git.commit"]) != "The series' training scripts"
+    said = said_in(workdir / "out" / "05_track_pytorch.ipynb")
     assert "Wall time:" in said  # every training cell says how long it took
-    assert ("= this checkout's HEAD" in said) == bool(head)
+    assert "num_workers: " in said  # the check cell reported on the edit
 
 
-def test_lightning_notebook_shows_the_rank_check_then_two_runs_differing_in_lr_only(series):
+def test_lightning_notebook_shows_two_runs_for_two_ranks_then_one_per_training(series):
     report, client, workdir = series
-    runs = [client.get_run(r["run_id"]) for r in by_name(report)["06_lightning"]["runs"]]
-    every_rank = [r for r in runs if r.data.params.get("log_every_rank") == "True"]
-    checked = [r for r in runs if r.data.params.get("log_every_rank") == "False"]
-    # Without the rank check one training (two processes on the CPU) made two runs, one of them with
-    # system metrics only; with it, one run per training.
-    assert len(every_rank) == 2 and len(checked) == 2 and len(runs) == 4
-    training_metrics = sorted(len([k for k in r.data.metrics if not k.startswith("system/")]) for r in every_rank)
-    assert training_metrics[0] == 0 and training_metrics[1] > 0
-    first, second = sorted(checked, key=lambda r: r.info.start_time)
+    runs = sorted((client.get_run(r["run_id"]) for r in by_name(report)["06_lightning"]["runs"]),
+                  key=lambda r: r.info.start_time)
+    assert len(runs) == 4
+    every_rank, checked = runs[:2], runs[2:]
+    # Without the rank check one training (two processes on the CPU) made two runs; rank 0's has the training.
+    training = sorted(len([k for k in r.data.metrics if not k.startswith("system/")]) for r in every_rank)
+    assert training[0] == 0 and training[1] > 0
+    rank0 = next(r for r in every_rank if any(not k.startswith("system/") for k in r.data.metrics))
+    # That first tracked run calls no log_params: every parameter came from autolog, none is a config-only setting.
+    assert "optimizer_name" in rank0.data.params
+    assert not {"image_size", "random_rotation", "data_dir", "dropout_probability"} & set(rank0.data.params)
+    # After the two edits: one run per training, with the data settings, and the two differ in lr alone.
+    first, second = checked
+    assert "image_size" in first.data.params
     assert float(second.data.params["lr"]) == pytest.approx(float(first.data.params["lr"]) / 3)
     differing = {k for k in first.data.params if first.data.params[k] != second.data.params.get(k)}
     assert differing == {"lr"}
-    for run in checked:
-        assert {"train_loss", "val_loss", "test_accuracy"} <= set(run.data.metrics)
-    executed = nbformat.read(workdir / "out" / "06_lightning.ipynb", 4)
-    said = "".join(o.get("text", "") for c in executed.cells for o in c.get("outputs", []))
-    assert "one training, 2 run(s):" in said and "system metrics only" in said
-    assert "from autologging alone:" in said and "optimizer_name=Adam" in said
+    said = said_in(workdir / "out" / "06_lightning.ipynb")
+    assert "one training, 2 run(s):" in said and "all from autologging:" in said
+    assert "rank_check: " in said and "log_params: " in said
 
 
 def test_the_lease_timeline_fits_and_uses_the_budgets_the_notebooks_declare():
@@ -263,8 +356,8 @@ def test_the_lease_timeline_fits_and_uses_the_budgets_the_notebooks_declare():
     for profile in VARIANTS.values():
         total = sum(minutes for _, _, minutes in lease_timeline.steps(profile))
         # Room to spare for a late start or a rerun: the ROCm image's build (about 40 min, mostly its 10 GB
-        # base) leaves the amd node the least.
-        assert lease_timeline.LEASE_MINUTES - total >= 40, (profile.name, total)
+        # base) leaves the amd node the least, about half an hour once the students' edits are counted.
+        assert lease_timeline.LEASE_MINUTES - total >= 30, (profile.name, total)
         assert f"{lease_timeline.LEASE_MINUTES - total} min to spare" in lease_timeline.render(profile)
 
 
@@ -274,7 +367,6 @@ def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
     best_version, newer = sorted(by_name(report)["07_registry"]["model_versions"], key=lambda v: int(v["version"]))
     assert best_version["name"] == newer["name"] == "food11-staging"
     assert int(newer["version"]) == int(best_version["version"]) + 1
-    # (06's second-rank run, made without the rank check, has system metrics only: no test score.)
     finished = [r for nb in report["notebooks"] for r in nb["runs"] if r["status"] == "FINISHED" and "test_accuracy" in r]
     best = max(finished, key=lambda r: r["test_accuracy"])
     assert client.get_run(best_version["run_id"]).data.metrics["test_accuracy"] == best["test_accuracy"]
@@ -283,20 +375,22 @@ def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
     assert champion.version == best_version["version"]
     downloaded = workdir / "deployed"
     assert (downloaded / "MLmodel").exists() and (downloaded / "data" / "model.pth").stat().st_size > 1_000_000
-    # The deployment job's last step: the champion loaded and a few evaluation photos predicted.
-    executed = nbformat.read(workdir / "out" / "07_registry.ipynb", 4)
-    predicted = "".join(o.get("text", "") for c in executed.cells if "argmax" in c.source for o in c.outputs)
-    assert " of 6 right" in predicted
-    assert sum(line.split()[0].startswith("class_") for line in predicted.splitlines() if line) == 6
+    # The deployment job's last step: the champion loaded, one evaluation photo per class predicted, and a
+    # model that learned gets most of them right.
+    predicted = said_in(workdir / "out" / "07_registry.ipynb")
+    right = re.search(r"(\d+) of 11 right", predicted)
+    assert right and int(right[1]) >= 5, predicted[-1500:]
 
 
 def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capfd):
+    not_a_folder = tmp_path / "photos.txt"
+    not_a_folder.write_text("not photos")
     report = local_run.run_series(workdir=tmp_path, output_dir=tmp_path / "out", port=processes.free_port(),
-                                   parameters={"target": "cloud"})
+                                   parameters={"data_dir": str(not_a_folder)})
     assert report["passed"] is False
-    first, *rest = report["notebooks"]
-    assert first["status"] == "failed" and "unknown target 'cloud'" in first["error"]
-    assert first["failing_cell"] is not None
+    first, failed, *rest = report["notebooks"]
+    assert first["status"] == "passed" and failed["name"] == "03_data.ipynb" and failed["status"] == "failed"
+    assert "the photo set is not usable" in failed["error"] and failed["failing_cell"] is not None
     assert {nb["status"] for nb in rest} == {"not run"}
     assert local_stack.read_state(tmp_path / "stack") is None  # stopped afterwards
     assert "FAILED" in (tmp_path / "out" / "report.md").read_text()

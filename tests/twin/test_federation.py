@@ -27,14 +27,11 @@ HUB_USER_PATH = "/hub/api/users/ci-user"
 # What a notebook's sign-in cell does (notebooks/*/01_reserve.ipynb), then a Blazar call.
 SIGN_IN = """
     import json, sys, time
+    from chi import context, lease
     from chi_helpers.chameleon import login
 
-    account = login.check(project="CHI-000000")
-    from chi import context, lease
-
-    context.use_project(account.project)
     context.use_site("CHI@TACC")
-    login.follow_site_list("CHI@TACC")
+    account = login.use_project("CHI-000000")
     try:
         login.verify()
     except login.LoginError as error:

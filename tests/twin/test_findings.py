@@ -61,7 +61,7 @@ def test_keystone_refusing_is_a_sentence(twin, clean_environment, chi_at_twin):
     twin.world.inject("keystone-refuses")
     with pytest.raises(LoginError) as error:
         login.sign_in(str(twin.rc_file), "", "CHI@TACC", say=lambda _: None)
-    assert "Keystone refused these credentials (401)" in str(error.value) and "rc_file" in str(error.value)
+    assert "Keystone refused these credentials (401)" in str(error.value) and "--rc-file" in str(error.value)
 
 
 def test_the_key_pair_is_checked_before_a_server_is_asked_for(twin, clean_environment, chi_at_twin):

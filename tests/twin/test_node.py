@@ -39,7 +39,7 @@ def notebook_commands() -> dict[str, str]:
     """The commands the notebooks' sources write out themselves (`node.execute("...")`), by notebook."""
     found = {}
     for source in sorted((REPO_ROOT / "notebooks" / "source").glob("*.md")):
-        for match in re.finditer(r"""node\.execute\((?P<literal>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\)""",
+        for match in re.finditer(r"""\w+\.execute\((?P<literal>"(?:[^"\\]|\\.)*"|'(?:[^'\\]|\\.)*')\)""",
                                  source.read_text()):
             found[ast.literal_eval(match["literal"])] = source.stem
     return found

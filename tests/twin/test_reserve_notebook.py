@@ -13,7 +13,7 @@ from pathlib import Path
 import papermill as pm
 import pytest
 
-from chi_helpers.chameleon import reservation
+from chi_helpers.chameleon import openstack_rc, reservation
 from chi_helpers.series import NOTEBOOKS, output_path
 from chi_helpers import network_guard as guard
 
@@ -30,11 +30,22 @@ def headless(twin, monkeypatch):
 
 
 def reserve(twin, tmp_path: Path, variant: str = "nvidia", **parameters):
+    """Notebook 01 in a kernel whose environment has the site's RC file loaded, as a run with --rc-file gives it."""
     source = output_path(RESERVE, variant)
-    return pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), cwd=str(source.parent), kernel_name="python3",
-                               progress_bar=False, kernel_manager_class="chi_helpers.series.quiet_kernel.QuietKernelManager",
-                               parameters={"rc_file": str(twin.kvm_rc_file if variant == "vm" else twin.rc_file), "user": "ci07",
-                                           **parameters})
+    rc = openstack_rc.parse(Path(twin.kvm_rc_file if variant == "vm" else twin.rc_file).read_text())
+    saved = {key: os.environ.get(key) for key in rc}
+    os.environ.update(rc)
+    try:
+        return pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), cwd=str(source.parent),
+                                   kernel_name="python3", progress_bar=False,
+                                   kernel_manager_class="chi_helpers.series.quiet_kernel.QuietKernelManager",
+                                   parameters={"user": "ci07", **parameters})
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def someone_elses_lease(chi, twin, node: str = "liqid01"):

@@ -10,6 +10,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 
+from chi_helpers.chameleon import openstack_rc
 from chi_helpers.series import NOTEBOOKS, output_path
 from chi_helpers import network_guard as guard
 
@@ -22,12 +23,14 @@ def test_the_project_widget_picks_from_keystone(twin, tmp_path, monkeypatch):
         monkeypatch.setenv(key, value)
     monkeypatch.setenv("JPY_SESSION_NAME", "01_reserve.ipynb")  # what Jupyter sets when a person opens it
     rc_file = Path(twin.rc_file).with_name("twin-password-openrc.sh")
+    for key, value in openstack_rc.parse(rc_file.read_text()).items():  # the user's sign-in, in the kernel's environment
+        monkeypatch.setenv(key, value)
     source = output_path(next(e for e in NOTEBOOKS if e.source.startswith("01_")), "nvidia")
     pm.execute_notebook(str(source), str(tmp_path / "out.ipynb"), cwd=str(source.parent), kernel_name="python3",
                         progress_bar=False, kernel_manager_class="chi_helpers.series.quiet_kernel.QuietKernelManager",
-                        parameters={"rc_file": str(rc_file), "user": "ci05", "project": ""})
+                        parameters={"user": "ci05", "project": ""})
     cells = nbformat.read(tmp_path / "out.ipynb", 4).cells
-    signed = next(c for c in cells if "login.check(" in c.source)
+    signed = next(c for c in cells if "login.use_project(" in c.source)
     shown = str(signed.outputs)
     assert "chosen with the widget below" in shown and "application/vnd.jupyter.widget-view+json" in shown
     [lease] = twin.world.data["leases"].values()
