@@ -1,0 +1,63 @@
+"""The students' edits in the node-side notebooks, run headless: a check cell stops a notebook whose edit is
+missing and says what is missing; with `apply_solution` the same cell makes the edit, commits it, and the
+notebook goes on. Run on the local build, in a fresh copy of the scripts (a git repository of its own, as
+`make run` makes), against a real MLflow server; the trainings are a few seconds each."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import nbformat
+import papermill as pm
+import pytest
+
+from chi_helpers import exercises
+from chi_helpers.local.run import fresh_workspace
+
+TINY = {"image_size": 32, "initial_epochs": 0, "total_epochs": 1, "pretrained": False}
+
+
+@pytest.fixture
+def copy(tmp_path, mlflow_server, data_dir, monkeypatch):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
+    monkeypatch.setenv("FOOD11_DATA_DIR", str(data_dir))
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")
+    return fresh_workspace(tmp_path)
+
+
+def run(copy, notebook: str, out, **parameters):
+    return pm.execute_notebook(str(copy / notebook), str(out), cwd=str(copy), kernel_name="python3",
+                               progress_bar=False, kernel_manager_class="chi_helpers.series.quiet_kernel.QuietKernelManager",
+                               parameters={"training_overrides": TINY, **parameters})
+
+
+def failed_cell(path):
+    return next(c for c in nbformat.read(path, 4).cells
+                if c.cell_type == "code" and any(o.get("output_type") == "error" for o in c.outputs))
+
+
+def head_subject(copy) -> str:
+    return subprocess.run(["git", "-C", str(copy.parent), "log", "-1", "--format=%s"], capture_output=True,
+                          text=True, check=True).stdout.strip()
+
+
+def test_notebook_05_stops_at_the_missing_edit_then_goes_on_with_the_solution(copy, tmp_path):
+    with pytest.raises(pm.PapermillExecutionError) as error:
+        run(copy, "05_track_pytorch.ipynb", tmp_path / "05.ipynb", baseline_minutes=0.1)
+    assert error.value.ename == "ExerciseNotDone"
+    assert 'CONFIG has no "num_workers" greater than 0' in error.value.evalue
+    assert 'exercises.check("num_workers", apply_solution)' in failed_cell(tmp_path / "05.ipynb").source
+    assert head_subject(copy) == "The series' training scripts"  # nothing was changed for the student
+
+    run(copy, "05_track_pytorch.ipynb", tmp_path / "05.ipynb", baseline_minutes=0.1, apply_solution=True)
+    assert head_subject(copy) == "Reference solution: DataLoader workers"
+
+
+def test_notebook_06_stops_at_the_missing_rank_check(copy, tmp_path):
+    exercises.check("num_workers", apply_solution=True, scripts=copy.parent)  # notebook 05's edit, made
+    with pytest.raises(pm.PapermillExecutionError) as error:
+        run(copy, "06_lightning.ipynb", tmp_path / "06.ipynb", untracked_minutes=0.1, every_rank_minutes=1)
+    assert error.value.ename == "ExerciseNotDone"
+    assert "mlflow.start_run(...) is not inside `if trainer.global_rank == 0:`" in error.value.evalue
+    assert 'exercises.check("rank_check", apply_solution)' in failed_cell(tmp_path / "06.ipynb").source
