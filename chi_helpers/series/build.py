@@ -192,7 +192,8 @@ def page_html(notebooks: list[nbformat.NotebookNode], title: str) -> str:
         whole.cells.extend(nb.cells)
     exporter = HTMLExporter(template_name="lab")
     body, _ = exporter.from_notebook_node(whole, resources={"metadata": {"name": title}})
-    return body
+    # A notebook links the repository's files from two folders down (notebooks/<build>/); a page sits one down.
+    return body.replace('src="../../', 'src="../').replace('href="../../', 'href="../')
 
 
 def index_notebook() -> nbformat.NotebookNode:
