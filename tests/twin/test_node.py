@@ -486,15 +486,17 @@ def test_a_node_side_notebook_runs_in_the_jupyter_container(node, tmp_path, monk
     monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", values["MLFLOW_TRACKING_PASSWORD"])
     client = MlflowClient(f"http://{node.address}:8000")
     runs = client.search_runs([client.get_experiment_by_name("food11-classifier").experiment_id])
-    assert sorted(r.data.params["num_workers"] for r in runs) == ["0", "2"]
-    # Each run leads back to its code: the slow run to the commit uploaded; the fix was committed on the
-    # node's checkout first (notebook 05), so the fast run names that new commit, whose parent is the upload.
-    by_workers = {r.data.params["num_workers"]: r.data.tags.get("mlflow.source.git.commit") for r in runs}
+    # Before the students' edit the config has no num_workers (the DataLoader's default, 0); after it, 2.
+    assert sorted(r.data.params.get("num_workers", "0 (default)") for r in runs) == ["0 (default)", "2"]
+    # Each run leads back to its code: the slow run to the commit uploaded; the edit was committed on the
+    # node's checkout first (notebook 05's check cell, headless: the reference solution), so the fast run
+    # names that new commit, whose parent is the upload.
+    by_workers = {r.data.params.get("num_workers", "0"): r.data.tags.get("mlflow.source.git.commit") for r in runs}
     checkout = node.home("mlflow-chi")
     log = subprocess.run(["git", "-C", str(checkout), "log", "-2", "--format=%H %s"], capture_output=True,
                          text=True, check=True).stdout.splitlines()
     assert by_workers["0"] == commit and log[1].split()[0] == commit
-    assert by_workers["2"] == log[0].split()[0] and "More data loader workers: 2" in log[0]
+    assert by_workers["2"] == log[0].split()[0] and "Reference solution: DataLoader workers" in log[0]
     registry = run_node_notebook(server, "nvidia", "07_registry.ipynb", out)  # registers 05's best run
     assert registry.status == "passed", registry.error
     versions = client.search_model_versions("name='food11-staging'")  # 05's best run and its runner-up
