@@ -189,7 +189,8 @@ def use_project(project: str = "") -> Login:
 
 
 def follow_site_list(site: str) -> None:
-    """After `context.use_site(site)`: sign in where the site list says, when it is not Chameleon's.
+    """After `context.use_site(site)` (`verify` calls it): sign in where the site list says, when it is not
+    Chameleon's.
 
     python-chi reads the list from CHI_RESOURCE_API_URL, but replaces KVM@TACC's entry with
     Chameleon's real address whatever the list says. With a list of its own (a rehearsal against

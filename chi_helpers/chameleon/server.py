@@ -127,7 +127,8 @@ def open_ports(server) -> None:
 
 
 def bring_up(profile: Variant, lease, user: str, wait: bool = True):
-    """The server, ACTIVE, with a floating IP and SSH answering; returns the python-chi Server."""
+    """The server, ACTIVE, with a floating IP and SSH answering; returns the python-chi Server. The same
+    steps as notebook 02's cells, in one call, for the tests that drive each refusal against the twin."""
     require_active(lease)
     name = server_name(user)
     server = new_server(profile, lease, name)

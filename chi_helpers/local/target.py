@@ -30,14 +30,6 @@ LOCAL_TRAINING_ARGS = {
 }
 
 
-def as_cli_args(overrides: dict) -> list[str]:
-    """`{"image_size": 64}` -> `["--image_size", "64"]`, the scripts' override syntax."""
-    args: list[str] = []
-    for key, value in overrides.items():
-        args += [f"--{key}", str(value).lower() if isinstance(value, bool) else str(value)]
-    return args
-
-
 def ensure_sample_data(data_dir: Path, clock: Clock) -> dict:
     """Reuse a usable data set in `data_dir`, or make the small one there."""
     try:
