@@ -29,12 +29,30 @@ def _per_class(text: str) -> dict[str, int]:
 def cmd_stack(args) -> int:
     from chi_helpers.local import stack as local_stack
 
+    if args.action == "archive":
+        from chi_helpers.archive import location, make
+
+        if args.output is None:
+            raise ValueError("`stack archive` needs --output FILE: where to write the archive (e.g. mlflow-history.tar)")
+        make.make(location.from_state_dir(args.state_dir), args.output, runs_only=args.runs_only)
+        return 0
     if args.action == "up":
+        verified = None
+        if args.restore:
+            from chi_helpers.archive import manifest, restore
+
+            # Before the server starts: a damaged archive changes nothing, not even a new state dir.
+            verified = manifest.verify(args.restore, say=print)
+            restore.preflight(verified)
         stack = local_stack.up(
             args.state_dir, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
             artifacts_destination=args.artifacts_destination, timeout=args.timeout,
             object_store=args.object_store, auth=args.auth, auth_file=args.auth_file,
         )
+        if args.restore:
+            from chi_helpers.archive import location, restore
+
+            restore.restore(args.restore, location.from_state_dir(args.state_dir), merge=args.merge, manifest=verified)
         print(f"MLFLOW_TRACKING_URI={stack.url}")
     elif args.action == "status":
         state = local_stack.status(args.state_dir)
@@ -191,8 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m chi_helpers", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    stack = sub.add_parser("stack", help="the local tracking stack: an MLflow server as a background process")
-    stack.add_argument("action", choices=["up", "status", "down"])
+    stack = sub.add_parser("stack", help="the local tracking stack: an MLflow server as a background process; archive and restore its history")
+    stack.add_argument("action", choices=["up", "status", "down", "archive"])
     stack.add_argument("--state-dir", type=Path, default=DEFAULT_STATE_DIR,
                        help="where the server's state, log and (by default) data live (default: %(default)s)")
     stack.add_argument("--host", default="127.0.0.1")
@@ -207,6 +225,13 @@ def build_parser() -> argparse.ArgumentParser:
                        help="with --auth: the env file with the admin account (made if missing; default: in the state dir)")
     stack.add_argument("--timeout", type=float, default=120, help="seconds to wait for /health")
     stack.add_argument("--json", action="store_true", help="status as JSON")
+    stack.add_argument("--output", type=Path, help="archive: the file to write (it must not exist yet)")
+    stack.add_argument("--runs-only", action="store_true",
+                       help="archive: leave out the logged models no registered version uses (a smaller file)")
+    stack.add_argument("--restore", type=Path, metavar="FILE",
+                       help="up: bring back the history an archive holds (the stack must hold no runs yet)")
+    stack.add_argument("--merge", action="store_true",
+                       help="up --restore: into a stack that holds runs already; clashing ids are reported and skipped")
     stack.set_defaults(func=cmd_stack)
 
     data = sub.add_parser("data", help="Food-11: make the small local set, organize, verify, fetch the real one")
@@ -291,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return args.func(args)
-    except (StackError, food11.DataLayoutError, FileExistsError, ValueError, RuntimeError) as error:  # ParameterError is a ValueError
+    except (StackError, food11.DataLayoutError, FileExistsError, FileNotFoundError, ValueError, RuntimeError) as error:  # ParameterError is a ValueError
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
