@@ -133,13 +133,13 @@ def cmd_run(args) -> int:
             profile, lease_name_from(args, user), profile.default_node if args.node is None else args.node,
             args.project, args.site or profile.site, user, rc_file=args.rc_file or "", repo=args.repo or "",
             ref=args.ref, output_dir=args.output, lease_timeout=args.lease_timeout * 60, end_lease=args.end_lease,
-            lease_poll=args.lease_poll, expected_photos=args.expect_photos,
+            lease_poll=args.lease_poll, expected_photos=args.expect_photos, restore_from=args.restore,
         )
         return 0 if report["passed"] else 1
     from chi_helpers.local.run import run_series
 
     report = run_series(target=args.target, variant=args.gpu, workdir=args.workdir, output_dir=args.output,
-                        port=args.port, keep_stack=args.keep_stack)
+                        port=args.port, keep_stack=args.keep_stack, restore_from=args.restore)
     return 0 if report["passed"] else 1
 
 
@@ -265,6 +265,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--output", type=Path, help="executed notebooks and report (default: WORKDIR/output/<time>)")
     run.add_argument("--port", type=int, default=8000)
     run.add_argument("--keep-stack", action="store_true", help="leave the MLflow server running afterwards")
+    run.add_argument("--restore", type=Path, metavar="FILE",
+                     help="an archive notebook 08 made: notebook 04 brings its history back into the new stack")
     chameleon = run.add_argument_group("chameleon target")
     chameleon.add_argument("--node", help="the host to reserve by name (default: the variant's)")
     chameleon.add_argument("--lease-name", help="default: mlflow_<user>")

@@ -51,11 +51,17 @@ def test_a_reference_without_a_registry_is_refused(image):
     assert not names_its_registry(image)
 
 
+def built_here(file: str) -> set[str]:
+    """The images a Compose file builds on the node (`build:`, never pulled)."""
+    return {s["image"] for s in ALL[file]["services"].values() if s.get("build") and s.get("pull_policy") == "never"}
+
+
 def pulled_images() -> list[tuple[str, str]]:
-    """(where, image) for every image the node pulls: Compose services that are not built here, and
-    each Dockerfile's production base."""
+    """(where, image) for every image the node pulls: Compose services whose image is not built here
+    (by the service itself, or by another of the same file, as `archive` uses the server's), and each
+    Dockerfile's production base."""
     found = [(f"{file}:{name}", service["image"]) for file, name, service in services()
-             if not (service.get("build") and service.get("pull_policy") == "never")]
+             if not (service.get("pull_policy") == "never" and service["image"] in built_here(file))]
     for dockerfile in sorted(DOCKER.glob("Dockerfile.*")):
         for line in dockerfile.read_text().splitlines():
             if line.startswith("ARG BASE_IMAGE="):
@@ -79,6 +85,11 @@ def test_images_built_on_the_node_are_never_pulled():
     assert built, "the MLflow server image is built from docker/Dockerfile.mlflow-server"
     for name, service in built:
         assert service.get("pull_policy") == "never", f"{name}: a missing image would be looked for in a registry"
+    # A service that is never pulled and builds nothing runs an image another service of its file builds
+    # (else `compose run` would answer "No such image").
+    for file, name, service in services():
+        if service.get("pull_policy") == "never" and not service.get("build"):
+            assert service["image"] in built_here(file), f"{file}:{name}: {service['image']} is built by no service"
 
 
 def test_secrets_come_only_from_required_variables():
@@ -173,16 +184,58 @@ def test_dependencies_wait_for_health_or_completion():
     assert "mc mb --ignore-existing store/mlflow-artifacts" in " ".join(bucket["command"])
 
 
+# The one host folder a container writes to: where `archive` puts the archives it makes (cc's own,
+# ~/mlflow-archives on the node; MLFLOW_ARCHIVE_DIR names another).
+ARCHIVES_MOUNT = f"${{MLFLOW_ARCHIVE_DIR:-~/{node_stack.ARCHIVES}}}:{node_stack.CONTAINER_ARCHIVES}"
+
+
+def mount_source(mount: str) -> str:
+    """A short-syntax mount's source, a `${VAR:-default}` whole (its `:-` is not the separator)."""
+    return re.match(r"(\$\{[^}]*\}|[^:]*)", mount)[1]
+
+
 def test_volumes_are_named():
     for file, compose in ALL.items():
         declared = set(compose.get("volumes") or {})
         for name, service in compose["services"].items():
             for mount in service.get("volumes", []):
-                source = mount.split(":", 1)[0]
-                if source.startswith((".", "/")):
+                source = mount_source(mount)
+                if (file, name, mount) == ("compose-tracking.yaml", "archive", ARCHIVES_MOUNT):
+                    continue  # held to its place in test_the_archive_service_is_a_one_shot_job_like_the_server
+                if source.startswith((".", "/", "~", "$")):
                     assert mount.endswith(":ro"), f"{file}:{name} mounts {source} writable"
                 else:
                     assert source in declared, f"{file}:{name} uses undeclared volume {source}"
+
+
+def test_a_mount_source_with_a_default_is_read_whole():
+    assert mount_source(ARCHIVES_MOUNT) == "${MLFLOW_ARCHIVE_DIR:-~/mlflow-archives}"
+    assert mount_source("minio-data:/data") == "minio-data" and mount_source("..:/series:ro") == ".."
+
+
+def test_the_archive_service_is_a_one_shot_job_like_the_server():
+    """`archive` is not started by `up` (a profile), runs once (`compose run --rm`), with the server's
+    image and its way to the databases and the bucket; the series' code read-only, the archives folder
+    the node's commands name."""
+    archive, server = TRACKING["services"]["archive"], TRACKING["services"]["mlflow"]
+    assert archive["profiles"] == ["archive"] and archive["restart"] == "no"
+    assert "ports" not in archive and "healthcheck" not in archive
+    assert archive["image"] == server["image"] and archive["pull_policy"] == "never"
+    env, server_env = archive["environment"], server["environment"]
+    for key in ("MLFLOW_BACKEND_STORE_URI", "MLFLOW_S3_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY",
+                "PGUSER", "PGPASSWORD"):
+        assert env[key] == server_env[key], key
+    assert f"--artifacts-destination={env['MLFLOW_ARTIFACTS_DESTINATION']}" in server["command"]
+    assert {name: d["condition"] for name, d in archive["depends_on"].items()} == \
+        {"postgres": "service_healthy", "minio": "service_healthy"}
+    assert archive["entrypoint"] == ["python", "-m", "chi_helpers.archive"]
+    assert env["PYTHONPATH"] == "/series" and "..:/series:ro" in archive["volumes"]
+    assert (REPO / "chi_helpers" / "archive" / "__main__.py").is_file()
+    assert ARCHIVES_MOUNT in archive["volumes"] and len(archive["volumes"]) == 2
+    # The node's commands: the service's own folder, and the file owned by the user who ran them.
+    for command in (node_stack.archive_command("h.tar"), node_stack.restore_command("h.tar")):
+        assert command.startswith(f"mkdir -p ~/{node_stack.ARCHIVES} && {node_stack.TRACKING} run --rm ")
+        assert '--user "$(id -u):$(id -g)" archive ' in command and f" {node_stack.CONTAINER_ARCHIVES}/h.tar" in command
 
 
 def test_the_data_job_runs_the_organizer_code_and_is_idempotent():

@@ -96,16 +96,21 @@ def check(manifest: dict, location: Location, merge: bool) -> list[str]:
             held = {k: v for k, v in holdings(connection).items() if v}
         if held:
             raise contents.ArchiveError(
-                "this stack already holds " + ", ".join(f"{v} {k}" for k, v in held.items()) +
-                ": restoring into it could mix two histories. Restore into a new stack (another --state-dir), "
-                "or ask to merge (--merge: the archive's runs go in beside these; ids that clash are reported "
-                "and skipped, never overwritten). Nothing was changed.")
+                "this stack already holds " + ", ".join(_count(v, k) for k, v in held.items()) +
+                ": restoring into it could mix two histories. Restore into a new, empty stack (locally: another "
+                "--state-dir; on Chameleon: the stack of a new lease), or ask to merge (--merge: the archive's "
+                "runs go in beside these; ids that clash are reported and skipped, never overwritten). "
+                "Nothing was changed.")
     free = location.store().free_bytes()
     needed = manifest["bytes"]["artifacts"]
     if free is not None and free < needed + MARGIN:
         raise contents.ArchiveError(f"not enough space for the artifacts in {location.artifacts}: they need "
                                     f"{human(needed)} and {human(free)} is free. Nothing was changed.")
     return notes
+
+
+def _count(n: int, what: str) -> str:
+    return f"{n} {what}" if n != 1 else f"1 {what[:-1]}"  # every kind in `holdings` ends in a plural s
 
 
 def _extract_tables(archive: Path, folder: Path) -> None:

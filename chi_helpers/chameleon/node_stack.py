@@ -48,6 +48,30 @@ def tracking_up_commands(address: str) -> list[str]:
     ]
 
 
+ARCHIVES = "mlflow-archives"  # in cc's home on the node: what `archive` writes and `restore` reads
+CONTAINER_ARCHIVES = "/archives"  # the same folder inside the `archive` container
+
+
+def archive_path(name: str) -> str:
+    """An archive's place on the node, relative to cc's home (as SFTP and `my_server.upload` take it)."""
+    return f"{ARCHIVES}/{name}"
+
+
+def _archive_service(arguments: str) -> str:
+    # The archive service runs the node's user's uid, so the file it writes in ~/mlflow-archives is cc's.
+    return f'mkdir -p ~/{ARCHIVES} && {TRACKING} run --rm --user "$(id -u):$(id -g)" archive {arguments}'
+
+
+def archive_command(name: str, runs_only: bool = False) -> str:
+    """Writes the stack's whole history (databases, accounts, artifacts) to ~/mlflow-archives/<name>."""
+    return _archive_service(f"make {CONTAINER_ARCHIVES}/{name}" + (" --runs-only" if runs_only else ""))
+
+
+def restore_command(name: str, merge: bool = False) -> str:
+    """Brings ~/mlflow-archives/<name> back into the running stack (refused where it holds runs, unless merged)."""
+    return _archive_service(f"restore {CONTAINER_ARCHIVES}/{name}" + (" --merge" if merge else ""))
+
+
 def console_credentials_command() -> str:
     """Prints the object store console's user and password (they live only in the env file)."""
     return f"python3 {REMOTE_REPO}/chi_helpers/credentials.py show-console {ENV_FILE}"

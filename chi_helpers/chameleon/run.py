@@ -135,7 +135,8 @@ def read_sign_in(node) -> dict[str, str]:
 def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, project: str, site: str, user: str,
                   rc_file: str = "", repo: str = "", ref: str = "main", output_dir: str | os.PathLike | None = None,
                   lease_timeout: float = 3600, mlflow_port: int = 8000, end_lease: bool = False,
-                  lease_poll: float = 60, expected_photos: dict[str, int] | None = None) -> dict:
+                  lease_poll: float = 60, expected_photos: dict[str, int] | None = None,
+                  restore_from: str | os.PathLike | None = None) -> dict:
     """Run the whole series on Chameleon; the report has the same shape as the local target's."""
     from mlflow import MlflowClient
 
@@ -146,7 +147,11 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
     # below), which every kernel inherits. By default the run leaves lease, server and address for a
     # rerun; `release` ends them.
     parameters = {"variant": profile.name, "project": project, "site": site, "user": user, "lease_name": lease_name,
-                  "node_name": node_name, "repo": repo, "ref": ref, "delete_everything": end_lease}
+                  "node_name": node_name, "repo": repo, "ref": ref, "delete_everything": end_lease,
+                  # 08's archive of the history lands with the report, not in the notebooks' folder.
+                  "archive_folder": str(out_dir / "archives")}
+    if restore_from:  # an earlier run's archive, which notebook 04 brings back into the new stack
+        parameters["restore_from"] = str(Path(restore_from).resolve())
     if expected_photos:  # a smaller copy of Food-11 than the real one (a mirror, a rehearsal)
         parameters["expected_photos"] = dict(expected_photos)
     entries = notebooks_for("chameleon")

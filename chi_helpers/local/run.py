@@ -57,6 +57,7 @@ def run_series(
     port: int = local_stack.DEFAULT_PORT,
     keep_stack: bool = False,
     parameters: dict | None = None,
+    restore_from: str | os.PathLike | None = None,
 ) -> dict:
     """Run the series; return the report (also written to the output folder)."""
     if target != "local":
@@ -81,6 +82,7 @@ def run_series(
         "mlflow_port": port, "local_workdir": str(workdir), "data_dir": str(data_dir),
         "keep_stack": True,  # the runner stops it
         "apply_solution": True,  # nobody is at the keyboard to make the students' edits
+        **({"restore_from": str(Path(restore_from).resolve())} if restore_from else {}),
         **(parameters or {}),
     }
     client = MlflowClient(stack.url)

@@ -6,7 +6,6 @@ auth app on both. Compared through the MLflow API, field by field; refusals leav
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 import json
 import os
@@ -22,39 +21,14 @@ import pytest
 from chi_helpers import credentials
 from chi_helpers.local import postgres, processes
 from chi_helpers.local import stack as local_stack
-
-SIGN_IN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+from tracking_history import SignedIn, history
+from tracking_history import champion_predicts as predicts
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/{}"
 
 
 def cli(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "chi_helpers", *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=300)
-
-
-class SignedIn:
-    """The MLflow client signed in to one stack (the env file `stack up --auth` wrote)."""
-
-    def __init__(self, state_dir: Path):
-        self.stack = local_stack.read_state(state_dir)
-        self.values = credentials.read(self.stack.auth_file) if self.stack.auth_file else {}
-
-    def __enter__(self):
-        import mlflow
-
-        self.saved = {k: os.environ.get(k) for k in (*SIGN_IN, "MLFLOW_TRACKING_URI")}
-        os.environ.update({k: self.values[k] for k in SIGN_IN if k in self.values}, MLFLOW_TRACKING_URI=self.stack.url)
-        mlflow.set_tracking_uri(self.stack.url)
-        from mlflow import MlflowClient
-
-        return MlflowClient(self.stack.url)
-
-    def __exit__(self, *_):
-        for key, value in self.saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def track_a_little(client) -> None:
@@ -80,36 +54,10 @@ def track_a_little(client) -> None:
     client.set_registered_model_alias("food11", "champion", version.version)
 
 
-def history(client) -> dict:
-    """What a student sees of a stack, through the API, in a form that compares."""
-    import mlflow
-
-    experiments = sorted((e.experiment_id, e.name, e.artifact_location) for e in client.search_experiments())
-    runs = {}
-    for run in client.search_runs([e[0] for e in experiments]):
-        metrics = {key: [(m.step, m.timestamp, repr(m.value)) for m in client.get_metric_history(run.info.run_id, key)]
-                   for key in run.data.metrics}
-        files = {}
-        for item in client.list_artifacts(run.info.run_id):
-            if not item.is_dir:
-                local = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/{item.path}")
-                files[item.path] = hashlib.sha256(Path(local).read_bytes()).hexdigest()
-        runs[run.info.run_id] = {"experiment": run.info.experiment_id, "name": run.info.run_name,
-                                 "status": run.info.status, "start": run.info.start_time, "params": run.data.params,
-                                 "tags": run.data.tags, "metrics": metrics, "files": files}
-    versions = [(v.name, v.version, v.run_id, v.source, v.status) for v in client.search_model_versions("name='food11'")]
-    aliases = {m.name: dict(m.aliases) for m in client.search_registered_models()}
-    models = sorted(m.model_id for e in experiments for m in client.search_logged_models(experiment_ids=[e[0]]))
-    return {"experiments": experiments, "runs": runs, "versions": versions, "aliases": aliases, "models": models}
-
-
 def champion_predicts(url: str) -> list[int]:
-    import mlflow
     import torch
 
-    mlflow.set_tracking_uri(url)
-    model = mlflow.pytorch.load_model("models:/food11@champion")
-    return model(torch.linspace(-1, 1, 20).reshape(5, 4)).argmax(dim=1).tolist()
+    return predicts(url, "food11", torch.linspace(-1, 1, 20).reshape(5, 4))
 
 
 def request_status(url: str, values: dict | None = None) -> int:

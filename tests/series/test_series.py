@@ -20,6 +20,7 @@ from chi_helpers.local import processes
 from chi_helpers.local import run as local_run
 from chi_helpers.series import LOCAL_BUILD, NOTEBOOKS, REPO_ROOT, notebooks_for, output_path
 from chi_helpers.variants import VARIANTS
+from tracking_history import SignedIn, champion_predicts, history
 
 BUILT = [(entry, variant, "chameleon") for variant in VARIANTS for entry in notebooks_for("chameleon")]
 BUILT += [(entry, LOCAL_BUILD, "local") for entry in notebooks_for("local")]
@@ -380,6 +381,35 @@ def test_registry_notebook_registers_the_best_run_and_downloads_it(series):
     predicted = said_in(workdir / "out" / "07_registry.ipynb")
     right = re.search(r"(\d+) of 11 right", predicted)
     assert right and int(right[1]) >= 5, predicted[-1500:]
+
+
+def test_the_archive_notebook_08_made_brings_the_whole_history_back_in_another_state_dir(series, tmp_path):
+    import torch
+
+    report, client, workdir = series
+    archives = sorted((workdir / "archives").glob("mlflow-history-*.tar"))
+    assert len(archives) == 1, archives
+    assert "archive written:" in said_in(workdir / "out" / "08_release.ipynb")
+    original = local_stack.read_state(workdir / "stack")
+    target = tmp_path / "elsewhere"
+    try:
+        restored = subprocess.run([sys.executable, "-m", "chi_helpers", "stack", "up", "--state-dir", str(target),
+                                   "--port", str(processes.free_port()), "--restore", str(archives[0])],
+                                  capture_output=True, text=True, timeout=600)
+        assert restored.returncode == 0, restored.stdout[-2000:] + restored.stderr[-2000:]
+        copy = local_stack.read_state(target)
+        with SignedIn(workdir / "stack") as before_client:
+            before = history(before_client)
+        with SignedIn(target) as after_client:
+            after = history(after_client)
+        assert after == before
+        assert len(before["runs"]) >= 5 and before["aliases"]["food11-staging"] == {"champion": before["versions"][0][1]}
+        # Same champion, same answers: photo-shaped inputs at the local size.
+        photos = torch.rand(6, 3, 48, 48, generator=torch.Generator().manual_seed(0))
+        assert (champion_predicts(copy.url, "food11-staging", photos)
+                == champion_predicts(original.url, "food11-staging", photos))
+    finally:
+        local_stack.down(target)
 
 
 def test_a_failing_notebook_stops_the_series_and_is_reported(tmp_path, capfd):

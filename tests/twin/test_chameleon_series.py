@@ -3,7 +3,8 @@ rehearse a term, through the real python-chi, keystoneauth, the OpenStack client
 
 `twin up` starts the twin as a background process; `run --target chameleon ... --rc-file` executes
 all nine notebooks (01-04 and 08 here, 05-07 over SSH on the twin's node, at small training sizes)
-and writes the report; a second run makes nothing new; `release` leaves nothing behind. Every
+and writes the report; 08 archives the history to the hub side; a second lease brings it back in 04
+(`--restore`), or a second run on the same lease makes nothing new; `release` leaves nothing behind. Every
 process here, and every notebook kernel, is guarded: nothing may leave 127.0.0.0/8.
 """
 
@@ -13,8 +14,10 @@ import json
 import os
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
+import nbformat
 import pytest
 
 from chi_helpers import credentials
@@ -58,19 +61,39 @@ def site_rc_file(rc_file: str, variant: str) -> Path:
     return Path(rc_file).with_name("twin-kvm-openrc.sh") if variant == "vm" else Path(rc_file)
 
 
+def said_in(path: Path) -> str:
+    return "".join(o.get("text", "") for c in nbformat.read(path, 4).cells for o in c.get("outputs", []))
+
+
 def status(state: Path) -> dict:
     done = command("twin", "status", "--json", "--state-dir", str(state), timeout=60)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout)
 
 
-def chameleon_run(state, rc_file, out: Path, variant: str = "nvidia", node: str = "liqid01", user: str = "ci01"):
+def chameleon_run(state, rc_file, out: Path, variant: str = "nvidia", node: str = "liqid01", user: str = "ci01",
+                  *extra: str):
     args = ["run", "--target", "chameleon", "--gpu", variant, "--project", "CHI-000000", "--user", user,
             "--lease-name", f"mlflow_{user}", "--rc-file", str(site_rc_file(rc_file, variant)), "--output", str(out),
-            *TWIN_RUN]
+            *TWIN_RUN, *extra]
     if node:
         args += ["--node", node]
     return command(*args, timeout=1500)
+
+
+def release(variant: str, user: str, rc_file: str) -> None:
+    released = command("release", "--gpu", variant, "--lease-name", f"mlflow_{user}", "--user", user,
+                       "--project", "CHI-000000", "--rc-file", str(site_rc_file(rc_file, variant)))
+    assert released.returncode == 0, released.stderr[-3000:]
+
+
+def archived_runs(out: Path) -> tuple[Path, set[str]]:
+    """The archive notebook 08 brought back to the hub side, and the run ids in it."""
+    archives = sorted((out / "archives").glob("mlflow-history-*.tar"))
+    assert len(archives) == 1, archives
+    with tarfile.open(archives[0]) as tar:
+        rows = tar.extractfile("backend/runs.jsonl").read().decode().splitlines()
+    return archives[0], {json.loads(row)["run_uuid"] for row in rows}
 
 
 def passed(done: subprocess.CompletedProcess, out: Path) -> dict:
@@ -103,15 +126,29 @@ def test_the_readme_rehearsal_runs_twice_and_releases(twin_daemon, tmp_path, var
         for path in Path(state).rglob("*.log"):
             assert password not in path.read_text(errors="replace"), path
 
-    passed(chameleon_run(state, rc_file, tmp_path / "second", variant, node, user), tmp_path / "second")
+    archive, first_runs = archived_runs(tmp_path / "first")
+    tracked = {r["run_id"] for nb in report["notebooks"] for r in nb["runs"]}
+    assert tracked and tracked <= first_runs  # 08 archived every run of 05-07 before the release
+
+    if variant == "nvidia":
+        # The lease ends; a second lease brings the history back in notebook 04, and 05-07 add to it.
+        release(variant, user, rc_file)
+        assert status(state) == {"leases": [], "servers": [], "floating_ips": []}
+        second = passed(chameleon_run(state, rc_file, tmp_path / "second", variant, node, user,
+                                      "--restore", str(archive)), tmp_path / "second")
+        assert "restored:" in said_in(tmp_path / "second" / "04_stack.ipynb")
+        _, second_runs = archived_runs(tmp_path / "second")
+        added = {r["run_id"] for nb in second["notebooks"] for r in nb["runs"]}
+        assert first_runs <= second_runs and added <= second_runs and not added & first_runs
+    else:
+        # A rerun on the same lease makes nothing new.
+        passed(chameleon_run(state, rc_file, tmp_path / "second", variant, node, user), tmp_path / "second")
     now = status(state)
     assert [lease["name"] for lease in now["leases"]] == [f"mlflow_{user}"]
     assert [server["name"] for server in now["servers"]] == [f"node-mlflow-{user}"]
     assert len(now["floating_ips"]) == 1
 
-    released = command("release", "--gpu", variant, "--lease-name", f"mlflow_{user}", "--user", user,
-                       "--project", "CHI-000000", "--rc-file", str(site_rc_file(rc_file, variant)))
-    assert released.returncode == 0, released.stderr[-3000:]
+    release(variant, user, rc_file)
     assert status(state) == {"leases": [], "servers": [], "floating_ips": []}
 
 
