@@ -66,8 +66,8 @@ def make(location: Location, output: str | Path, runs_only: bool = False, clock:
     clock = clock or Clock()
     output = Path(output).resolve()
     if output.exists():
-        raise FileExistsError(f"{output} exists already: give another --output, or move that file away first "
-                              f"(it is left as it is)")
+        raise FileExistsError(f"{output} exists already: choose another name for the archive, or move that "
+                              f"file away first (it is left as it is)")
     output.parent.mkdir(parents=True, exist_ok=True)
     left_out: dict[str, str] = unregistered_models(location.backend_uri) if runs_only else {}
     # The rows go to a scratch folder first (in the system's temporary folder, not the output's disk, which

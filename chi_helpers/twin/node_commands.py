@@ -10,7 +10,9 @@ node's own folder, `nodes/<server id>/root/`, or to processes the node owns:
 - the series' files: the uploaded git bundle is really cloned (and fetched again); `git clone` of a
   URL cannot reach a host;
 - the data job makes the small Food-11-shaped set in the node's `food11` volume (once);
-- the tracking stack: the real `credentials.py`, and `chi_helpers.local.stack` on `<floating ip>:8000`;
+- the tracking stack: the real `credentials.py`, and `chi_helpers.local.stack` on `<floating ip>:8000`; the
+  Compose file's `archive` service (left out of `up` by its profile) runs the real `chi_helpers.archive`
+  against that stack, the file in the folder the Compose file mounts (`~/mlflow-archives`);
 - the Jupyter container: remembered, and `docker exec ... papermill` runs the notebook for real with
   papermill on the node's copy, with the container's environment mapped onto the node's folder.
 
@@ -26,6 +28,7 @@ import codecs
 import io
 import json
 import os
+import posixpath
 import re
 import secrets
 import shlex
@@ -110,6 +113,11 @@ class Shell:
         state.setdefault("volumes", set())
         state.setdefault("containers", {})  # name -> container
         state.setdefault("docker", False)
+        # Compose: the images `up --build` built, and the services a `compose run` started for its
+        # depends_on while the stack itself was down (service -> when), which keep running after it.
+        state.setdefault("compose_images", set())
+        state.setdefault("run_dependencies", {})
+        state.setdefault("root_owned", set())  # folders docker made for a missing bind source: cc cannot write there
         return state
 
     def expand(self, word: str) -> str:
@@ -1029,56 +1037,89 @@ def _mlflow_port(spec: dict) -> int:
     return 8000
 
 
-@answers("the tracking stack",
-         rf"docker compose --env-file (?P<env>{WORD}) -f (?P<file>{WORD}) (?P<action>up -d --build --wait|ps|down)")
-def tracking_stack(shell: Shell, match: re.Match) -> int:
-    from chi_helpers.local import stack as local_stack
+@dataclass
+class ComposeProject:
+    """A Compose file as `docker compose --env-file ENV -f FILE` reads it."""
 
+    spec: dict
+    path: Path  # the Compose file
+    env_file: Path
+    values: dict[str, str]  # the env file's variables
+    name: str
+    services: dict  # every service in the file
+    active: dict  # those Compose acts on unnamed (`up`, `ps`, `down`): without `profiles`, or with an active one
+
+
+def _compose_project(shell: Shell, env_word: str, file_word: str) -> tuple[int, ComposeProject | None]:
+    """(0, the project), or (the status, None) where Compose refuses the env file or the Compose file (the error said)."""
     status = _docker_ready(shell)
     if status:
-        return status
-    env_file = shell.path(match["env"])
+        return status, None
+    env_file = shell.path(env_word)
     if not env_file.is_file():
-        name = shell.expand(match["env"])
+        name = shell.expand(env_word)
         shell.warn(f"Failed to load {name}: open {name}: no such file or directory")
-        return 1
-    spec, text, path = _compose(shell, match["file"])
+        return 1, None
+    spec, text, path = _compose(shell, file_word)
     if spec is None:
-        return 1
+        return 1, None
     values = _env_values(env_file)
     for required in re.finditer(r"\$\{(?P<name>\w+):\?(?P<message>[^}]*)\}", text):
         if not values.get(required["name"]):
             shell.warn(f"error while interpolating services: required variable {required['name']} is missing a value: "
                        f"{required['message']}")
-            return 1
-    project = _project(spec, path)
+            return 1, None
     services = spec.get("services") or {}
+    # A service with `profiles` is left out unless one of them is active (COMPOSE_PROFILES, from the shell or the
+    # env file: docs.docker.com/compose/how-tos/environment-variables/envvars/) or the command names it
+    # (`run archive`): https://docs.docker.com/reference/compose-file/profiles/
+    chosen = {p.strip() for p in values.get("COMPOSE_PROFILES", "").split(",") if p.strip()}
+    active = {name: service for name, service in services.items()
+              if not service.get("profiles") or chosen & set(service["profiles"])}
+    return 0, ComposeProject(spec, path, env_file, values, _project(spec, path), services, active)
+
+
+@answers("the tracking stack",
+         rf"docker compose --env-file (?P<env>{WORD}) -f (?P<file>{WORD}) (?P<action>up -d --build --wait|ps|down)")
+def tracking_stack(shell: Shell, match: re.Match) -> int:
+    from chi_helpers.local import stack as local_stack
+
+    status, compose = _compose_project(shell, match["env"], match["file"])
+    if status:
+        return status
+    project, services = compose.name, compose.active  # the `archive` service (profile "archive") is not among them
     action = match["action"].split()[0]
     current = local_stack.read_state(shell.node.stack_dir)
     running = current is not None and current.is_healthy()
+    by_run = shell.state["run_dependencies"]  # started by `compose run archive` while the stack was down
     if action == "ps":
         rows = [("NAME", "IMAGE", "COMMAND", "SERVICE", "CREATED", "STATUS", "PORTS")]
-        if running:
-            age = _age(time.time() - current.started_at)
-            for name, service in services.items():
-                if str(service.get("restart", "")) == "no":
-                    continue  # one-shot: exited, so `ps` leaves it out
-                command = service.get("command") or service.get("entrypoint") or ["/usr/bin/docker-entrypoint.sh"]
-                command = " ".join(command) if isinstance(command, list) else str(command)
-                command = f'"{command[:19]}…"' if len(command) > 20 else f'"{command}"'
-                healthy = " (healthy)" if service.get("healthcheck") else ""
-                rows.append((f"{project}-{name}-1", service.get("image", f"{project}-{name}"), command, name,
-                             f"{age} ago", f"Up {age}{healthy}", ", ".join(_published(service))))
+        listed = {name: current.started_at for name in services} if running else \
+            {name: since for name, since in by_run.items() if name in services}
+        for name, since in listed.items():
+            service = services[name]
+            if str(service.get("restart", "")) == "no":
+                continue  # one-shot: exited, so `ps` leaves it out
+            age = _age(time.time() - since)
+            command = service.get("command") or service.get("entrypoint") or ["/usr/bin/docker-entrypoint.sh"]
+            command = " ".join(command) if isinstance(command, list) else str(command)
+            command = f'"{command[:19]}…"' if len(command) > 20 else f'"{command}"'
+            healthy = " (healthy)" if service.get("healthcheck") else ""
+            rows.append((f"{project}-{name}-1", service.get("image", f"{project}-{name}"), command, name,
+                         f"{age} ago", f"Up {age}{healthy}", ", ".join(_published(service))))
         widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
         for row in rows:
             shell.say("   ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip())
         return 0
     if action == "down":
-        if current is None:
+        if current is None and not by_run:
             shell.warn(f'Warning: No resource found to remove for project "{project}".')
             return 0
-        local_stack.down(shell.node.stack_dir, clock=_quiet_clock())
-        for name in services:
+        if current is not None:
+            local_stack.down(shell.node.stack_dir, clock=_quiet_clock())
+        removed = list(services) if current is not None else [name for name in services if name in by_run]
+        by_run.clear()
+        for name in removed:
             container = f"{project}-{name}-1"
             shell.warn(f" Container {container}  Stopping\n Container {container}  Stopped\n"
                        f" Container {container}  Removing\n Container {container}  Removed")
@@ -1093,11 +1134,13 @@ def tracking_stack(shell: Shell, match: re.Match) -> int:
     for name, service in services.items():
         if "build" in service:
             shell.warn(f"[+] Building 1/1\n ✔ {name}  Built")
+            shell.state["compose_images"].add(service.get("image") or f"{project}-{name}")
         elif service.get("image") and service["image"] not in shell.state["pulled"]:
             shell.warn(f" {name} Pulled")
             shell.state["pulled"].add(service["image"])
-    shell.warn(f" Network {project}_default  Creating\n Network {project}_default  Created")
-    for volume in spec.get("volumes") or {}:
+    if not by_run:  # a `compose run` made the network already
+        shell.warn(f" Network {project}_default  Creating\n Network {project}_default  Created")
+    for volume in compose.spec.get("volumes") or {}:
         shell.warn(f' Volume "{project}_{volume}"  Creating\n Volume "{project}_{volume}"  Created')
     # `--wait` takes a service that exits for a failure, unless a running one waits for it to complete.
     completed = {name for service in services.values() for name, condition in
@@ -1105,26 +1148,286 @@ def tracking_stack(shell: Shell, match: re.Match) -> int:
                  if (condition or {}).get("condition") == "service_completed_successfully"}
     orphans = [name for name, service in services.items() if str(service.get("restart", "")) == "no" and name not in completed]
     try:
-        local_stack.up(shell.node.stack_dir, host=shell.node.address, port=_mlflow_port(spec),
-                       env={"MLFLOW_SERVER_ALLOWED_HOSTS": values.get("MLFLOW_ALLOWED_HOSTS", ""),
+        local_stack.up(shell.node.stack_dir, host=shell.node.address, port=_mlflow_port(compose.spec),
+                       env={"MLFLOW_SERVER_ALLOWED_HOSTS": compose.values.get("MLFLOW_ALLOWED_HOSTS", ""),
                             "MLFLOW_DISABLE_TELEMETRY": "true"},
                        # The auth app when the Compose file runs it, with the env file's admin account.
-                       auth_file=env_file if _signs_in(services) else None,
+                       auth_file=compose.env_file if _signs_in(services) else None,
                        clock=_quiet_clock())
     except local_stack.StackError as error:
         shell.warn(f"Error response from daemon: the twin's MLflow server did not start for {project}: {error}")
         return 1
     for name, service in services.items():
         container = f"{project}-{name}-1"
+        if name in by_run:
+            shell.warn(f" Container {container}  Running")
+            continue
         shell.warn(f" Container {container}  Created\n Container {container}  Started")
         if str(service.get("restart", "")) == "no":
             shell.warn(f" Container {container}  Exited")
         elif service.get("healthcheck"):
             shell.warn(f" Container {container}  Waiting\n Container {container}  Healthy")
+    by_run.clear()  # part of the running stack now
     if orphans:  # docker/compose#10596
         shell.warn(f"container {project}-{orphans[0]}-1 exited (0)")
         return 1
     return 0
+
+
+# --- the archive service: the stack's history to a file, and back ---------------------------------------
+
+ARCHIVE_ENTRYPOINT = ["python", "-m", "chi_helpers.archive"]  # the series' own code, in the server's image
+
+
+def _interpolate(text: str, values: dict[str, str]) -> str:
+    """One value as Compose interpolates it from the env file: `${VAR}`, `${VAR:-default}`, `${VAR-default}`,
+    `$VAR` and `$$` (the `:?` forms were checked before)."""
+    def one(found: re.Match) -> str:
+        if found["escaped"]:
+            return "$"
+        name = found["name"] or found["bare"]
+        value = values.get(name)
+        if found["op"] == ":-" and not value or found["op"] == "-" and value is None:
+            return found["default"]
+        return value or ""
+
+    return re.sub(r"(?P<escaped>\$\$)|\$\{(?P<name>\w+)(?:(?P<op>:?[-?])(?P<default>[^}]*))?\}|\$(?P<bare>\w+)",
+                  one, text)
+
+
+def _bind_mounts(shell: Shell, compose: ComposeProject, service: dict) -> list[tuple[str, Path, bool]]:
+    """(target, source on the node, read-only) for each bind mount of `service`, the source as Compose resolves
+    it: variables from the env file, `~` the home, a relative path from the Compose file's folder."""
+    folder = shell.node.shown(compose.path.parent)
+    mounts = []
+    for entry in service.get("volumes") or []:
+        if isinstance(entry, dict):
+            if entry.get("type") != "bind":
+                continue
+            source, target = _interpolate(str(entry["source"]), compose.values), entry["target"]
+            read_only = bool(entry.get("read_only"))
+        else:
+            parts = _interpolate(str(entry), compose.values).split(":")
+            source, target = parts[0], parts[1]
+            read_only = len(parts) > 2 and "ro" in parts[2].split(",")
+            if not source.startswith(("/", ".", "~")):
+                continue  # a named volume
+        mounts.append((target.rstrip("/") or "/", shell.node.path(shell.expand(source), cwd=folder), read_only))
+    return mounts
+
+
+def _mounted(mounts: list[tuple[str, Path, bool]], path: str) -> tuple[Path, str, bool] | None:
+    """(where `path` in the container lives on the node, its mount's target, read-only), or None outside every mount."""
+    best = None
+    for target, source, read_only in mounts:
+        if path == target or path.startswith(target.rstrip("/") + "/"):
+            if best is None or len(target) > len(best[1]):
+                best = (source / path[len(target):].lstrip("/"), target, read_only)
+    return best
+
+
+def _service_env(compose: ComposeProject, service: dict) -> dict[str, str]:
+    given = service.get("environment") or {}
+    if isinstance(given, list):
+        given = dict(item.split("=", 1) if "=" in item else (item, "") for item in given)
+    return {key: _interpolate(str(value), compose.values) for key, value in given.items()}
+
+
+def _dependencies(spec: dict, name: str) -> dict[str, dict]:
+    """{service: its condition} for `name`'s depends_on, theirs after them (what `compose run` starts)."""
+    found: dict[str, dict] = {}
+    waiting = [name]
+    while waiting:
+        depends = ((spec.get("services") or {}).get(waiting.pop()) or {}).get("depends_on") or {}
+        for other, condition in (depends.items() if isinstance(depends, dict) else ((d, {}) for d in depends)):
+            if other not in found:
+                found[other] = condition or {}
+                waiting.append(other)
+    return found
+
+
+def _start_dependencies(shell: Shell, compose: ComposeProject, name: str, running: bool) -> dict[str, dict]:
+    """`compose run` starts the service's depends_on first (docker/compose pkg/compose/run.go: prepareRun calls
+    startDependencies, then looks for the image, then waits for the conditions and creates the container). The
+    `archive` service depends on PostgreSQL and MinIO, not on the MLflow server: on a node whose stack is down
+    they start again on their volumes (the history `down` kept) and stay up after the run. The twin's stack is
+    one process that holds all three; it records them as started, for `ps`, `up` and `down`."""
+    by_run = shell.state["run_dependencies"]
+    project = compose.name
+    needed = _dependencies(compose.spec, name)
+    fresh = [other for other in needed if not running and other not in by_run]
+    if fresh and not by_run:
+        shell.warn(f" Network {project}_default  Creating\n Network {project}_default  Created")
+    for other in needed:
+        container = f"{project}-{other}-1"
+        if other not in fresh:
+            shell.warn(f" Container {container}  Running")
+            continue
+        image = (compose.services.get(other) or {}).get("image")
+        if image and image not in shell.state["pulled"]:
+            shell.warn(f" {other} Pulled")
+            shell.state["pulled"].add(image)
+        shell.warn(f" Container {container}  Creating\n Container {container}  Created\n"
+                   f" Container {container}  Starting\n Container {container}  Started")
+        by_run[other] = time.time()
+    return needed
+
+
+def _wait_for(shell: Shell, compose: ComposeProject, needed: dict[str, dict]) -> None:
+    for other, condition in needed.items():
+        if condition.get("condition") == "service_healthy":
+            shell.warn(f" Container {compose.name}-{other}-1  Waiting\n Container {compose.name}-{other}-1  Healthy")
+
+
+class _Lines:
+    """A stream for `chi_helpers.progress.Clock`: each whole line to `emit`, the node's paths as the container names them."""
+
+    def __init__(self, emit: Callable[[str], None], rename: Callable[[str], str]):
+        self.emit, self.rename, self.pending = emit, rename, ""
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        while "\n" in self.pending:
+            line, self.pending = self.pending.split("\n", 1)
+            self.emit(self.rename(line))
+        return len(text)
+
+    def flush(self) -> None:
+        pass
+
+
+def _archive_parser():
+    """The arguments as chi_helpers/archive/__main__.py's argparse takes them; a usage error raises ValueError."""
+    import argparse
+
+    class Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise ValueError(f"{self.format_usage()}{self.prog}: error: {message}")
+
+    parser = Parser(prog="python -m chi_helpers.archive", add_help=False)
+    parser.add_argument("action", choices=["make", "restore"])
+    parser.add_argument("archive")
+    parser.add_argument("--runs-only", action="store_true")
+    parser.add_argument("--merge", action="store_true")
+    return parser
+
+
+@answers("the archive service",
+         rf"mkdir -p (?P<folder>[\w./~-]+) && docker compose --env-file (?P<env>{WORD}) -f (?P<file>{WORD}) run --rm "
+         rf"--user \"\$\(id -u\):\$\(id -g\)\" (?P<service>[\w.-]+)(?P<arguments>(?: {WORD})*)")
+def archive_service(shell: Shell, match: re.Match) -> int:
+    """`compose run --rm --user cc archive make|restore /archives/NAME`: the series' archive code, run for real
+    against the twin's stack (its SQLite database, artifact folder and accounts), the archive in the folder the
+    Compose file mounts at /archives (~/mlflow-archives unless the env file sets MLFLOW_ARCHIVE_DIR). The file is
+    written with cc's uid, as `--user "$(id -u):$(id -g)"` has it on the node: SFTP reads it, and reads one put there."""
+    from chi_helpers.local import stack as local_stack
+
+    status = _mkdir(shell, [match["folder"]])
+    if status:
+        return status
+    status, compose = _compose_project(shell, match["env"], match["file"])
+    if status:
+        return status
+    name = match["service"]
+    service = compose.services.get(name)  # named by the command: Compose runs it whatever its profiles
+    if service is None:
+        shell.warn(f"no such service: {name}")
+        return 1
+    entrypoint = service.get("entrypoint") or []
+    if (shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)) != ARCHIVE_ENTRYPOINT:
+        shell.warn(NO_ANSWER.format(command=shell.command) + f" (the twin runs only the series' archive service, "
+                   f"{' '.join(ARCHIVE_ENTRYPOINT)}, not what {name} runs in {shell.expand(match['file'])})")
+        return 127
+    current = local_stack.read_state(shell.node.stack_dir)
+    needed = _start_dependencies(shell, compose, name, running=current is not None and current.is_healthy())
+    image = service.get("image") or f"{compose.name}-{name}"
+    if image not in shell.state["compose_images"]:  # built by `up --build`: a node whose stack never came up lacks it
+        if service.get("pull_policy") == "never":
+            shell.warn(f"Error response from daemon: No such image: {image}")
+        else:
+            shell.warn(f"Error response from daemon: pull access denied for {image.split(':')[0]}, repository does "
+                       f"not exist or may require 'docker login': denied: requested access to the resource is denied")
+        return 1
+    _wait_for(shell, compose, needed)
+
+    mounts = _bind_mounts(shell, compose, service)
+    for _, source, _ in mounts:  # docker makes a missing bind source, owned by root
+        if not source.exists():
+            source.mkdir(parents=True)
+            shell.state["root_owned"].add(str(source))
+    code = [_mounted(mounts, entry) for entry in _service_env(compose, service).get("PYTHONPATH", "").split(":")
+            if entry]
+    if not any(place and (place[0] / "chi_helpers" / "archive" / "__main__.py").is_file() for place in code):
+        shell.warn("/usr/local/bin/python: No module named chi_helpers.archive")
+        return 1
+    try:
+        arguments = _archive_parser().parse_args(match["arguments"].split())
+    except ValueError as usage:
+        shell.warn(str(usage).rstrip("\n"))
+        return 2
+    inside = posixpath.normpath(posixpath.join("/", arguments.archive))  # the image's working folder is /
+    place = _mounted(mounts, inside)
+    if place is None:
+        shell.warn(NO_ANSWER.format(command=shell.command) + f" ({inside} is in none of the service's bind mounts: the "
+                   f"file would go with the container, which --rm removes)")
+        return 127
+    local, _, read_only = place
+
+    def rename(text: str) -> str:  # the node's folders as the container sees them
+        for mount_target, source, _ in sorted(mounts, key=lambda m: -len(str(m[1]))):
+            for shown in dict.fromkeys((str(source), os.path.realpath(source))):
+                text = text.replace(shown, mount_target)
+        return shell.node.unroot(text)
+
+    if arguments.action == "make" and (read_only or str(local.parent) in shell.state["root_owned"]):
+        # What Python in the container meets writing there: a read-only mount, or a folder docker made as root.
+        why = "[Errno 30] Read-only file system" if read_only else "[Errno 13] Permission denied"
+        shell.warn(f"Traceback (most recent call last):\n  ...\n{'OSError' if read_only else 'PermissionError'}: "
+                   f"{why}: '{PurePosixPath(inside).parent}'")
+        return 1
+    return _run_archive(shell, arguments, local, rename)
+
+
+def _run_archive(shell: Shell, arguments, local: Path, rename: Callable[[str], str]) -> int:
+    """`python -m chi_helpers.archive` as chi_helpers/archive/__main__.py runs it, against the twin's stack."""
+    import traceback
+
+    from chi_helpers.archive import location, manifest
+    from chi_helpers.archive import make as archive_make
+    from chi_helpers.archive import restore as archive_restore
+    from chi_helpers.progress import Clock
+
+    clock = Clock(stream=_Lines(shell.say, rename))
+    try:
+        where = location.from_state_dir(shell.node.stack_dir)
+        if arguments.action == "make":
+            archive_make.make(where, local, runs_only=arguments.runs_only, clock=clock)
+        else:
+            archive_restore.restore(local, where, merge=arguments.merge, clock=clock)
+    except (manifest.ArchiveError, FileExistsError, FileNotFoundError, ValueError) as error:  # as __main__.py
+        shell.warn(f"error: {rename(str(error))}")
+        return 2
+    except Exception as error:  # anything else: Python's traceback and status
+        shell.warn(rename("".join(traceback.format_exception(error))), end="")
+        return 1
+    return 0
+
+
+@answers("mkdir -p", r"mkdir -p (?P<paths>[\w./~-]+(?: [\w./~-]+)*)")
+def mkdir(shell: Shell, match: re.Match) -> int:
+    return _mkdir(shell, match["paths"].split())
+
+
+def _mkdir(shell: Shell, words: list[str]) -> int:
+    status = 0
+    for word in words:
+        try:
+            shell.path(word).mkdir(parents=True, exist_ok=True)
+        except (FileExistsError, NotADirectoryError) as error:
+            reason = "File exists" if isinstance(error, FileExistsError) else "Not a directory"
+            shell.warn(f"mkdir: cannot create directory ‘{shell.expand(word)}’: {reason}")
+            status = 1
+    return status
 
 
 def _age(seconds: float) -> str:

@@ -13,6 +13,7 @@ import os
 import re
 import socket
 import subprocess
+import tarfile
 import threading
 import time
 import urllib.error
@@ -148,6 +149,13 @@ def helper_commands() -> list[tuple[str, str]]:
     expected += [(c, a) for c, a in zip(node_stack.tracking_up_commands(address),
                                         ["credentials.py", "the tracking stack", "the tracking stack"])]
     expected.append((node_stack.console_credentials_command(), "credentials.py"))
+    for name in ("history.tar", "mlflow-history-20250101-1200.tar"):
+        expected += [(node_stack.archive_command(name), "the archive service"),
+                     (node_stack.archive_command(name, runs_only=True), "the archive service"),
+                     (node_stack.restore_command(name), "the archive service"),
+                     (node_stack.restore_command(name, merge=True), "the archive service")]
+    # Notebook 04 writes this one as an f-string, which notebook_commands() does not read.
+    expected.append((f"mkdir -p ~/{node_stack.ARCHIVES}", "mkdir -p"))
     expected.append((node_stack.sign_in_command(), "grep"))
     expected.append((node_stack.jupyter_url_command(), "docker exec"))
     expected += [(c, a) for c, a in zip(node_stack.stop_commands(), ["docker stop", "the tracking stack"])]
@@ -407,6 +415,8 @@ def test_data_job_then_the_tracking_stack_then_its_stop(node, tmp_path):
         result = node.run(command)
         said += result.stdout + result.stderr
     assert "mlflow-tracking-mlflow-1" in result.stdout and "Up" in result.stdout  # `ps`
+    # The `archive` service has a profile: `up` neither starts nor waits for it, and `ps` does not list it.
+    assert "archive" not in said and "mlflow-tracking-minio-1" in said
     assert (node.home("mlflow-stack.env").stat().st_mode & 0o777) == 0o600
     with urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=10) as answer:
         assert answer.status == 200
@@ -429,6 +439,118 @@ def test_data_job_then_the_tracking_stack_then_its_stop(node, tmp_path):
     with pytest.raises(OSError):
         urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=5)
     assert "mlflow-tracking-mlflow-1" not in node.run(node_stack.tracking_up_commands(node.address)[2]).stdout
+
+
+# --- the archive service: the stack's history to a file, and back to a new node ----------------------------
+
+def signed_in(node: Node, monkeypatch):
+    """An MLflow client of `node`'s stack, signed in with the account its env file holds."""
+    from mlflow import MlflowClient
+
+    values = credentials.read(node.home("mlflow-stack.env"))
+    monkeypatch.setenv("MLFLOW_TRACKING_USERNAME", values["MLFLOW_TRACKING_USERNAME"])
+    monkeypatch.setenv("MLFLOW_TRACKING_PASSWORD", values["MLFLOW_TRACKING_PASSWORD"])
+    return MlflowClient(f"http://{node.address}:8000")
+
+
+def test_an_archive_of_the_stack_comes_back_on_the_next_leases_node_with_the_same_ids(twin, nodes, node, tmp_path,
+                                                                                      monkeypatch):
+    """Notebook 08: the archive command, the file fetched over SFTP; notebook 04 on a new node: the file put
+    there over SFTP, then the restore command."""
+    set_up(node, tmp_path)
+    for command in node_stack.tracking_up_commands(node.address):
+        node.run(command)
+    client = signed_in(node, monkeypatch)
+    run = client.create_run(client.create_experiment("kept"))
+    run_id = run.info.run_id
+    client.log_param(run_id, "lr", "0.003")
+    for step in range(3):
+        client.log_metric(run_id, "loss", 1.0 / (step + 1), step=step)
+    client.log_text(run_id, "trained on the first lease", "notes/why.txt")
+    client.set_terminated(run_id)
+
+    made = node.run(node_stack.archive_command("history.tar"))
+    assert "Container mlflow-tracking-postgres-1  Running" in made.stderr  # the stack is up: nothing started
+    assert "archive written: /archives/history.tar" in made.stdout  # the container's own path
+    kept = tmp_path / "history.tar"
+    with node.connect() as connection:  # notebook 08: SFTP from cc's home
+        connection.get(node_stack.archive_path("history.tar"), local=str(kept))
+    with tarfile.open(kept) as tar:
+        counts = json.load(tar.extractfile("manifest.json"))["counts"]
+    experiments = client.search_experiments()
+    assert counts["experiments"] == len(experiments) == 2  # Default and "kept"
+    assert counts["runs"] == len(client.search_runs([e.experiment_id for e in experiments])) == 1
+    assert counts["metric_points"] == len(client.get_metric_history(run_id, "loss")) == 3
+    assert (counts["params"], counts["artifact_files"], counts["accounts"]) == (1, 1, 1)
+    again = node.run(node_stack.archive_command("history.tar"), warn=True)
+    assert again.exited == 2 and again.stderr.splitlines()[-1].startswith("error: /archives/history.tar exists already")
+    # /archives is what the Compose file's volume line mounts: MLFLOW_ARCHIVE_DIR when the env file sets it.
+    env = node.home("mlflow-stack.env")
+    values = env.read_text()
+    env.write_text(values + "MLFLOW_ARCHIVE_DIR=~/kept\n")
+    refused = node.run(node_stack.archive_command("elsewhere.tar"), warn=True)  # docker made ~/kept, as root
+    assert refused.exited == 1 and "PermissionError: [Errno 13] Permission denied" in refused.stderr
+    env.write_text(values + "MLFLOW_ARCHIVE_DIR=~/mlflow-chi/kept\n")
+    node.run("mkdir -p ~/mlflow-chi/kept")
+    node.run(node_stack.archive_command("elsewhere.tar"))
+    assert node.home("mlflow-chi", "kept", "elsewhere.tar").is_file() and not node.home("mlflow-archives", "elsewhere.tar").exists()
+    env.write_text(values)
+
+    # After `down`, `compose run` starts PostgreSQL and MinIO again (not the server) and archives what they kept.
+    node.run(node_stack.stop_commands()[1])
+    stopped = node.run(node_stack.archive_command("after-down.tar"))
+    assert "Container mlflow-tracking-postgres-1  Started" in stopped.stderr and "1 run(s)" in stopped.stdout
+    shown = node.run(node_stack.tracking_up_commands(node.address)[2]).stdout  # `ps`
+    assert "mlflow-tracking-minio-1" in shown and "mlflow-tracking-mlflow-1" not in shown
+    with pytest.raises(OSError):
+        urllib.request.urlopen(f"http://{node.address}:8000/health", timeout=5)
+    down = node.run(node_stack.stop_commands()[1])
+    assert "Container mlflow-tracking-postgres-1  Removed" in down.stderr
+    assert "mlflow-tracking-minio-1" not in node.run(node_stack.tracking_up_commands(node.address)[2]).stdout
+
+    # The next lease's node: set up, its own stack and password, the archive put where `restore` reads it.
+    fresh = Node(twin, nodes)
+    (tmp_path / "next").mkdir()
+    set_up(fresh, tmp_path / "next")
+    for command in node_stack.tracking_up_commands(fresh.address):
+        fresh.run(command)
+    fresh.run(f"mkdir -p ~/{node_stack.ARCHIVES}")  # notebook 04, before the upload
+    with fresh.connect() as connection:  # python-chi's Server.upload: Fabric's put
+        connection.put(str(kept), node_stack.archive_path("history.tar"))
+    restored = fresh.run(node_stack.restore_command("history.tar"))
+    assert "checked" in restored.stdout and "restored: 1 experiment(s), 1 run(s), 3 metric points" in restored.stdout
+    client = signed_in(fresh, monkeypatch)  # the new stack's own account still signs in
+    back = client.get_run(run_id)
+    assert back.data.params == {"lr": "0.003"} and back.info.experiment_id == run.info.experiment_id
+    assert [m.value for m in client.get_metric_history(run_id, "loss")] == [1.0, 0.5, 1.0 / 3]
+    fetched = client.download_artifacts(run_id, "notes/why.txt", str(tmp_path))
+    assert Path(fetched).read_text() == "trained on the first lease"
+
+    twice = fresh.run(node_stack.restore_command("history.tar"), warn=True)
+    assert twice.exited == 2 and "error: this stack already holds 1 run" in twice.stderr
+    assert len(client.search_runs([run.info.experiment_id])) == 1  # nothing changed
+
+
+def test_the_archive_command_fails_as_compose_does_before_the_stack_was_ever_up(node, tmp_path):
+    set_up(node, tmp_path)
+    archive, up = node_stack.archive_command("early.tar"), node_stack.tracking_up_commands(node.address)[1]
+    no_env, up_without = node.run(archive, warn=True), node.run(up, warn=True)
+    assert no_env.exited == up_without.exited == 1 and no_env.stderr == up_without.stderr
+    assert "Failed to load /home/cc/mlflow-stack.env" in no_env.stderr
+    node.run(node_stack.tracking_up_commands(node.address)[0])  # the env file
+    env = node.home("mlflow-stack.env")
+    values = env.read_text()
+    env.write_text("".join(line for line in values.splitlines(True) if not line.startswith("POSTGRES_PASSWORD=")))
+    missing = node.run(archive, warn=True)
+    assert missing.exited == 1 and missing.stderr == node.run(up, warn=True).stderr
+    assert "required variable POSTGRES_PASSWORD is missing a value" in missing.stderr
+    env.write_text(values)
+    # The server's image is made by `up --build`, and the archive service never looks for it in a registry.
+    early = node.run(archive, warn=True)
+    assert early.exited == 1 and early.stderr.splitlines()[-1] == "Error response from daemon: No such image: mlflow-server:3.17.2"
+    assert node.home("mlflow-archives").is_dir() and not node.home("mlflow-archives", "early.tar").exists()
+    shown = node.run(node_stack.tracking_up_commands(node.address)[2]).stdout  # `compose run` started its dependencies
+    assert "mlflow-tracking-postgres-1" in shown and "mlflow-tracking-minio-1" in shown
 
 
 class FabricServer:
