@@ -289,6 +289,7 @@ def test_the_whole_series_passes_and_reports(series):
     # The students' edits were made and committed in the run's own copy of the scripts.
     subjects = git(workdir, "log", "--format=%s").splitlines()
     assert len(subjects) == 4 and subjects[-1] == "The series' training scripts"
+    assert subjects[-2] == "Reference solution: DataLoader workers"  # 05's check cell, then 06's two
 
 
 def test_local_runs_learn(series):
