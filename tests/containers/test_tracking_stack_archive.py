@@ -1,13 +1,15 @@
 """The node's `archive` and `restore` commands on the production Compose stack, in real containers.
 
-A tracked training, its model registered with the alias `champion`, a second account with a
-permission; then `node_stack.archive_command` exactly as the node runs it through bash (only the
-Compose files, project and env file are this test's), `down -v`, a fresh stack with new credentials,
-and `node_stack.restore_command`. What the MLflow API shows afterwards is compared field by field
-with what it showed before; the champion loads and predicts the same; the sign-in still holds. A
-tampered archive and a second restore into the same stack are refused, and change nothing.
+It goes on from test_tracking_stack.py's stack as that module leaves it (its `SHARED` stack, brought
+up and trained here when this module runs alone): the tracked training, its registered version given
+the alias `champion`, the second account given a permission. Then `node_stack.archive_command`
+exactly as the node runs it through bash (only the Compose files, project and env file are this
+test's), `down -v`, a fresh stack with new credentials, and `node_stack.restore_command`. What the
+MLflow API shows afterwards is compared field by field with what it showed before; the champion loads
+and predicts the same; the sign-in still holds. A tampered archive and a second restore into the
+same stack are refused, and change nothing.
 
-One stack bring-up and one fresh one: the module's tests run in order on shared state (`SEEN`).
+No bring-up of its own, only the fresh one: the module's tests run in order on shared state (`SEEN`).
 """
 
 from __future__ import annotations
@@ -16,11 +18,9 @@ import base64
 import hashlib
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -34,15 +34,15 @@ import yaml
 from chi_helpers import credentials
 from chi_helpers.chameleon import node_stack
 from chi_helpers.containers import compose
-from conftest import FAST_TRAINING, WORKSPACE
+from conftest import FAST_TRAINING
 
-# Not test_tracking_stack's project: each module downs its own (with its volumes) before the next
-# starts, so they share the published ports 8000/9000/9001 one after the other, never at once.
-PROJECT = "mlflow-ci-archive"
-MLFLOW = "http://127.0.0.1:8000"
-MODEL = "food11-archived"
+import test_tracking_stack as tracking  # its shared stack and training (tests/containers is on sys.path)
+
+SHARED = tracking.SHARED
+MLFLOW = tracking.MLFLOW
+MODEL = tracking.MODEL  # the version test_tracking_stack registered, made the champion here
 ARCHIVE = "food11-history.tar"
-STUDENT = ("student2", "a-long-enough-password-2")
+STUDENT = tracking.STUDENT
 NODE_UID = 1000  # cc on a Chameleon node; a test run as root runs the node's commands as this uid
 STACK_SERVICES = {"minio", "minio-create-bucket", "postgres", "mlflow"}
 SEEN: dict = {}  # what the first stack showed, for the tests after the restore
@@ -105,43 +105,34 @@ class Node:
 
 
 @pytest.fixture(scope="module")
-def stage(docker_engine, ci_base, request):
-    for port in (8000, 9000, 9001):
-        taken = compose.port_taken_by(port)
-        if taken:
-            pytest.fail(f"port {port} is taken, and the stack publishes it as on the node: stop what listens there\n{taken}")
+def stack(docker_engine, ci_base, request):
+    """test_tracking_stack's stack, or brought up now; down after this module unless a later test uses it."""
+    yield SHARED.start(ci_base, request)
+    SHARED.release(request)
+
+
+@pytest.fixture(scope="module")
+def stage(stack, request):
     # Under /tmp, not pytest's folder: that one is root's alone, and the node's user must reach its home.
     home = Path(tempfile.mkdtemp(prefix="archive-node-home-"))
     node = Node(home)
-    env_file = home / "first-stack.env"
-    credentials.write(env_file, "127.0.0.1")
-    project = compose.Project(PROJECT, [compose.TRACKING_FILE, compose.CI_OVERRIDE], node.own(env_file))
+    # The node's user reads the env file, as cc reads ~/mlflow-stack.env on the node.
+    node.own(SHARED.folder)
+    node.own(stack.env_file)
     timings: dict[str, float] = {}
     try:
-        project.down(volumes=True)  # what an interrupted earlier run may have left
-        started = time.monotonic()
-        project.build(f"BASE_IMAGE={ci_base}")
-        built = time.monotonic()
-        project.up()
-        timings.update(build=built - started, up=time.monotonic() - built)
-        yield {"project": project, "node": node, "timings": timings}
+        yield {"project": stack, "node": node, "timings": timings}
     finally:
-        project.down(volumes=True)  # the env file in use now: the second stack's once it is up
-        shutil.rmtree(home, ignore_errors=True)
+        shutil.rmtree(home, ignore_errors=True)  # the stack itself goes down with SHARED's release
         # Into the session's summary line, beside test_tracking_stack's.
-        request.config.container_tests_note += "; archive/restore: " + ", ".join(
+        shared = "" if "training" in timings else " (on test_tracking_stack's training)"
+        request.config.container_tests_note += f"; archive/restore{shared}: " + ", ".join(
             f"{what} {seconds:.0f} s" for what, seconds in timings.items())
 
 
 def sign_in(monkeypatch, env_file: Path) -> None:
-    """The MLflow client as in the node's Jupyter container, signed in as the admin of `env_file` (see
-    test_tracking_stack.signed_in for the proxy settings)."""
-    values = credentials.read(env_file)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", MLFLOW)
-    for key in node_stack.SIGN_IN_KEYS:
-        monkeypatch.setenv(key, values[key])
-    dockerfile = (compose.REPO / "docker" / "Dockerfile.jupyter-mlflow-cuda").read_text()
-    for key, value in re.findall(r"(MLFLOW_ENABLE_PROXY_MULTIPART_\w+)=(\S+)", dockerfile):
+    """The MLflow client as in the node's Jupyter container, signed in as the admin of `env_file`."""
+    for key, value in tracking.client_settings(credentials.read(env_file)).items():
         monkeypatch.setenv(key, value)
 
 
@@ -149,6 +140,16 @@ def sign_in(monkeypatch, env_file: Path) -> None:
 def signed_in(stage, monkeypatch):
     sign_in(monkeypatch, stage["project"].env_file)  # the stack running now
     return stage
+
+
+@pytest.fixture
+def trained(signed_in, data_dir, tmp_path) -> str:
+    """test_tracking_stack's training run, or one made now where that module did not run."""
+    started, shared = time.monotonic(), SHARED.run_id
+    run_id = SHARED.trained(data_dir, tmp_path)
+    if not shared:
+        signed_in["timings"]["training"] = time.monotonic() - started
+    return run_id
 
 
 def status_of(path: str, user: tuple[str, str] | None = None) -> int:
@@ -272,26 +273,32 @@ def manifest_of(archive: Path) -> dict:
         return json.load(tar.extractfile("manifest.json"))
 
 
-def test_the_node_archive_command_writes_the_whole_history(signed_in, data_dir, tmp_path):
+def test_the_node_archive_command_writes_the_whole_history(signed_in, trained, tmp_path):
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import RestException
     from mlflow.server.auth.client import AuthServiceClient
 
     project, node, timings = signed_in["project"], signed_in["node"], signed_in["timings"]
-    started = time.monotonic()
-    done = subprocess.run([sys.executable, str(WORKSPACE / "train_mlflow.py"), *FAST_TRAINING], cwd=tmp_path,
-                          env={**os.environ, "FOOD11_DATA_DIR": str(data_dir)}, capture_output=True, text=True,
-                          timeout=900)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    timings["training"] = time.monotonic() - started
     client = MlflowClient()
-    run = mlflow.search_runs(experiment_names=["food11-classifier"], output_format="list")[0]
+    run = client.get_run(trained)
     experiment_id = run.info.experiment_id
-    best = max(client.search_logged_models(experiment_ids=[experiment_id]), key=lambda m: m.creation_timestamp)
-    version = mlflow.register_model(best.model_uri, MODEL)
+    # test_tracking_stack's restart test registered the run's model and made the second account; a
+    # module run alone makes them here.
+    versions = client.search_model_versions(f"name='{MODEL}'")
+    if not versions:
+        best = max(client.search_logged_models(experiment_ids=[experiment_id]), key=lambda m: m.creation_timestamp)
+        versions = [mlflow.register_model(best.model_uri, MODEL)]
+    (version,) = versions
+    assert version.run_id == trained, f"{MODEL} v{version.version} is not the shared training's model"
     client.set_registered_model_alias(MODEL, "champion", version.version)
     accounts = AuthServiceClient(MLFLOW)
-    accounts.create_user(*STUDENT)
+    try:
+        accounts.get_user(STUDENT[0])
+    except RestException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        accounts.create_user(*STUDENT)
     accounts.grant_user_permission(STUDENT[0], "experiment", experiment_id, "READ")
 
     before = history(tmp_path / "before")
@@ -334,11 +341,11 @@ def test_a_fresh_stack_with_new_credentials_takes_the_archive_back(stage, monkey
     assert "archive" in SEEN, "runs after the archive test, on the archive it wrote"
     project, node, timings = stage["project"], stage["node"], stage["timings"]
     project.down(volumes=True)
-    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={PROJECT}"],
+    volumes = subprocess.run(["docker", "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project.name}"],
                              capture_output=True, text=True, check=True).stdout.split()
     assert volumes == [], "down -v left the stack's volumes"
 
-    second = node.home / "second-stack.env"
+    second = SHARED.folder / "second-stack.env"  # where SHARED's stop finds it, after this module
     credentials.write(second, "127.0.0.1")
     assert credentials.read(second)["MLFLOW_TRACKING_PASSWORD"] != SEEN["admin"][1]
     project.env_file = node.own(second)
@@ -414,7 +421,10 @@ def test_restoring_the_same_archive_again_is_refused_and_changes_nothing(signed_
     held = holdings()
     assert held == SEEN["holdings"]
     status, output = node.run(node_stack.restore_command(ARCHIVE), project)
-    assert status != 0 and "already holds 1 run:" in output, output
+    # restore.check's refusal names everything the stack holds beyond its Default experiment.
+    logged = SEEN["holdings"]["logged models"]
+    held_line = f"already holds 1 run, 1 experiment, 1 registered model, {logged} logged model{'s' * (logged != 1)}:"
+    assert status != 0 and held_line in output and "Nothing was changed." in output, output
     assert holdings() == held
     assert {c["Service"] for c in project.containers()} == STACK_SERVICES
     # The restored stack goes on tracking: a new experiment gets an id past the restored ones (PostgreSQL's
