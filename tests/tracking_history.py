@@ -3,8 +3,11 @@ what an archive must bring back, field by field."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from chi_helpers import credentials
@@ -83,3 +86,20 @@ def champion_predicts(url: str, name: str, inputs) -> list[int]:
     model.eval()
     with torch.no_grad():
         return model(inputs).argmax(dim=1).tolist()
+
+
+def account(values: dict) -> tuple[str, str]:
+    """(user, password) from an env file's values."""
+    return values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"]
+
+
+def http_status(url: str, user: tuple[str, str] | None = None) -> int:
+    """The HTTP status a GET of `url` gets, signed in with basic auth as `user` (or not at all)."""
+    request = urllib.request.Request(url)
+    if user:
+        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status
+    except urllib.error.HTTPError as error:
+        return error.code

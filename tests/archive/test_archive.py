@@ -5,15 +5,12 @@ auth app on both. Compared through the MLflow API, field by field; refusals leav
 
 from __future__ import annotations
 
-import base64
 import io
 import json
 import os
 import subprocess
 import sys
 import tarfile
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,7 +18,7 @@ import pytest
 from chi_helpers import credentials
 from chi_helpers.local import postgres, processes
 from chi_helpers.local import stack as local_stack
-from tracking_history import SignedIn, history
+from tracking_history import SignedIn, account, history, http_status
 from tracking_history import champion_predicts as predicts
 POSTGRES = "postgresql+psycopg://postgres@127.0.0.1:5432/{}"
 
@@ -61,15 +58,7 @@ def champion_predicts(url: str) -> list[int]:
 
 
 def request_status(url: str, values: dict | None = None) -> int:
-    request = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/search?max_results=1")
-    if values:
-        token = f"{values['MLFLOW_TRACKING_USERNAME']}:{values['MLFLOW_TRACKING_PASSWORD']}"
-        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return http_status(f"{url}/api/2.0/mlflow/experiments/search?max_results=1", account(values) if values else None)
 
 
 def up(state_dir: Path, *extra) -> subprocess.CompletedProcess:

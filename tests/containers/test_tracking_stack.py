@@ -11,7 +11,6 @@ and archives what this module leaves: one `up` and one training fewer in CI.
 
 from __future__ import annotations
 
-import base64
 import os
 import re
 import shutil
@@ -19,8 +18,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -28,6 +25,7 @@ import pytest
 from chi_helpers import credentials
 from chi_helpers.containers import compose
 from conftest import FAST_TRAINING, WORKSPACE
+from tracking_history import account, http_status
 
 PROJECT = "mlflow-ci-test"  # not the node's project name: a developer's own stack stays untouched
 MLFLOW = "http://127.0.0.1:8000"
@@ -149,15 +147,7 @@ def client_settings(values: dict) -> dict[str, str]:
 
 
 def get(url: str, values: dict | None = None) -> int:
-    request = urllib.request.Request(url)
-    if values:
-        token = f"{values['MLFLOW_TRACKING_USERNAME']}:{values['MLFLOW_TRACKING_PASSWORD']}"
-        request.add_header("Authorization", "Basic " + base64.b64encode(token.encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return http_status(url, account(values) if values else None)
 
 
 @pytest.fixture

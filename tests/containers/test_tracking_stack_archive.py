@@ -14,7 +14,6 @@ No bring-up of its own, only the fresh one: the module's tests run in order on s
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
@@ -24,8 +23,6 @@ import subprocess
 import tarfile
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -35,6 +32,7 @@ from chi_helpers import credentials
 from chi_helpers.chameleon import node_stack
 from chi_helpers.containers import compose
 from conftest import FAST_TRAINING
+from tracking_history import account, http_status
 
 import test_tracking_stack as tracking  # its shared stack and training (tests/containers is on sys.path)
 
@@ -153,19 +151,11 @@ def trained(signed_in, data_dir, tmp_path) -> str:
 
 
 def status_of(path: str, user: tuple[str, str] | None = None) -> int:
-    request = urllib.request.Request(MLFLOW + path)
-    if user:
-        request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=30) as answer:
-            return answer.status
-    except urllib.error.HTTPError as error:
-        return error.code
+    return http_status(MLFLOW + path, user)
 
 
 def admin(env_file: Path) -> tuple[str, str]:
-    values = credentials.read(env_file)
-    return values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"]
+    return account(credentials.read(env_file))
 
 
 def digests(folder: str | Path) -> dict[str, str]:
