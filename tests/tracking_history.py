@@ -8,12 +8,29 @@ import hashlib
 import os
 import urllib.error
 import urllib.request
+from contextlib import contextmanager
 from pathlib import Path
 
 from chi_helpers import credentials
 from chi_helpers.local import stack as local_stack
 
 SIGN_IN = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
+
+
+@contextmanager
+def tracking_uri(url: str):
+    """MLflow's fluent API pointed at `url` for a while. `mlflow.set_tracking_uri` keeps a global that
+    outranks MLFLOW_TRACKING_URI, so it is cleared after: tests later in the session read the environment."""
+    import mlflow
+
+    saved = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(url)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(None)
+        if saved is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
 class SignedIn:
@@ -24,17 +41,18 @@ class SignedIn:
         self.values = credentials.read(self.stack.auth_file) if self.stack.auth_file else {}
 
     def __enter__(self):
-        import mlflow
         from mlflow import MlflowClient
 
-        self.saved = {k: os.environ.get(k) for k in (*SIGN_IN, "MLFLOW_TRACKING_URI")}
+        self.saved = {k: os.environ.get(k) for k in SIGN_IN}
         for key in SIGN_IN:
             os.environ.pop(key, None)
-        os.environ.update({k: self.values[k] for k in SIGN_IN if k in self.values}, MLFLOW_TRACKING_URI=self.stack.url)
-        mlflow.set_tracking_uri(self.stack.url)
+        os.environ.update({k: self.values[k] for k in SIGN_IN if k in self.values})
+        self.uri = tracking_uri(self.stack.url)
+        self.uri.__enter__()
         return MlflowClient(self.stack.url)
 
     def __exit__(self, *_):
+        self.uri.__exit__(None, None, None)
         for key, value in self.saved.items():
             if value is None:
                 os.environ.pop(key, None)
@@ -81,8 +99,8 @@ def champion_predicts(url: str, name: str, inputs) -> list[int]:
     import mlflow
     import torch
 
-    mlflow.set_tracking_uri(url)
-    model = mlflow.pytorch.load_model(f"models:/{name}@champion", map_location="cpu")
+    with tracking_uri(url):
+        model = mlflow.pytorch.load_model(f"models:/{name}@champion", map_location="cpu")
     model.eval()
     with torch.no_grad():
         return model(inputs).argmax(dim=1).tolist()
