@@ -203,6 +203,9 @@ def test_a_hub_kernel_signs_in_the_hubs_way_and_reserves(hub, hub_env, twin_hub,
 
     run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", given)
     assert [lease["name"] for lease in control.summary(twin_hub.world)["leases"]] == ["mlflow_student1"]  # not yet
+    said = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "08.ipynb", 4).cells if c.cell_type == "code"
+                   for o in c.outputs)
+    assert "no server node-mlflow-student1: nothing left to archive" in said  # a lease without a server
     run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", {**given, "delete_everything": True})
     assert control.summary(twin_hub.world)["leases"] == []
     # Every Keystone token came through the federation route: one sign-in per kernel, then its project.
