@@ -45,7 +45,7 @@ def unregistered_models(backend_uri: str) -> dict[str, str]:
             if m.artifact_location not in registered and f"models:/{m.model_id}" not in registered}
 
 
-def counts(folder: Path, written: dict[str, int], auth_written: dict[str, int]) -> dict[str, int]:
+def counts(written: dict[str, int], auth_written: dict[str, int]) -> dict[str, int]:
     return {
         "experiments": written.get("experiments", 0),
         "runs": written.get("runs", 0),
@@ -122,7 +122,7 @@ def make(location: Location, output: str | Path, runs_only: bool = False, clock:
                     "runs_only": runs_only,
                     "left_out_models": sorted(left_out),
                     "tables": {"backend": backend["order"], "auth": auth.get("order", [])},
-                    "counts": {**counts(scratch, backend["tables"], auth["tables"]), "artifact_files": len(artifacts)},
+                    "counts": {**counts(backend["tables"], auth["tables"]), "artifact_files": len(artifacts)},
                     "bytes": {"database": database_bytes, "artifacts": artifact_bytes},
                     "files": files,
                 }

@@ -29,22 +29,23 @@ from chi_helpers.progress import Clock
 MIGRATIONS = {"backend": ("mlflow", "store", "db_migrations"), "auth": ("mlflow", "server", "auth", "db", "migrations")}
 
 
-def known_revisions(part: str) -> set[str]:
-    """Every schema revision the installed MLflow knows for `part` (its Alembic scripts)."""
+def _scripts(part: str):
+    """The installed MLflow's Alembic scripts for `part` (the tracking tables, or the auth app's)."""
     import importlib.util
 
     from alembic.script import ScriptDirectory
 
     package = Path(importlib.util.find_spec("mlflow").origin).parent
-    return {script.revision for script in ScriptDirectory(str(package.joinpath(*MIGRATIONS[part][1:]))).walk_revisions()}
+    return ScriptDirectory(str(package.joinpath(*MIGRATIONS[part][1:])))
+
+
+def known_revisions(part: str) -> set[str]:
+    """Every schema revision the installed MLflow knows for `part`."""
+    return {script.revision for script in _scripts(part).walk_revisions()}
 
 
 def head_revision(part: str) -> str:
-    from alembic.script import ScriptDirectory
-    import importlib.util
-
-    package = Path(importlib.util.find_spec("mlflow").origin).parent
-    return ScriptDirectory(str(package.joinpath(*MIGRATIONS[part][1:]))).get_current_head()
+    return _scripts(part).get_current_head()
 
 
 def preflight(manifest: dict) -> None:

@@ -128,20 +128,25 @@ class Dropped:
     """Rows left out, per table, and what their children's foreign keys must not point to."""
 
     rows: dict[str, list[dict]] = field(default_factory=dict)
+    # (parent table, its referred columns) -> the values of those columns in the rows left out
+    keys: dict[tuple[str, tuple[str, ...]], set[tuple]] = field(default_factory=dict)
 
     def add(self, table: sa.Table, row: dict) -> None:
         self.rows.setdefault(table.name, []).append(row)
+        for (parent, columns), found in self.keys.items():
+            if parent == table.name:
+                found.add(tuple(row.get(c) for c in columns))
+
+    def _left_out(self, parent: str, columns: tuple[str, ...]) -> set[tuple]:
+        if (parent, columns) not in self.keys:  # first asked: index what was left out so far
+            self.keys[parent, columns] = {tuple(r.get(c) for c in columns) for r in self.rows.get(parent, [])}
+        return self.keys[parent, columns]
 
     def hangs_from_one(self, table: sa.Table, row: dict) -> bool:
         for fk in table.foreign_key_constraints:
-            parent = fk.referred_table.name
-            if parent not in self.rows:
-                continue
             mine, theirs = keys_of(fk)
             value = tuple(row.get(c) for c in mine)
-            if None in value:
-                continue
-            if any(tuple(r.get(c) for c in theirs) == value for r in self.rows[parent]):
+            if None not in value and value in self._left_out(fk.referred_table.name, tuple(theirs)):
                 return True
         return False
 
