@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 WHEELHOUSE := $(VENV)/wheelhouse
 
-.PHONY: install run test bench build check stack-up stack-down engine engine-down clean
+.PHONY: install run test bench build check screens stack-up stack-down engine engine-down clean
 
 install: $(STAMP)
 
@@ -32,6 +32,11 @@ build: $(STAMP)
 
 check: $(STAMP)
 	$(PY) -m chi_helpers build --check
+
+# The lesson's figures (docs/screens/): Chromium walks the MLflow UI as the notebooks say, on the history
+# of the last `make run` (it runs the series first when there is none), and saves a screenshot per step.
+screens: $(STAMP)
+	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m chi_helpers screens
 
 bench: $(STAMP)
 	MLFLOW_DISABLE_TELEMETRY=true $(PY) -m chi_helpers bench tracking

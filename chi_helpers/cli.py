@@ -181,6 +181,32 @@ def cmd_twin(args) -> int:
     return 0
 
 
+def cmd_screens(args) -> int:
+    from chi_helpers.progress import Clock
+    from chi_helpers.ui_walk import screens, walk
+
+    clock = Clock()
+    archive = args.archive
+    if archive is None:
+        try:
+            archive = screens.newest_archive(args.workdir)
+        except screens.ScreensError:
+            from chi_helpers.local.run import run_series
+
+            clock.say(f"no archive of a series run in {args.workdir / 'archives'}: running the series first")
+            report = run_series(workdir=args.workdir)
+            if not report["passed"]:
+                raise screens.ScreensError("the series failed, so there is no history to walk through: see its report")
+            archive = screens.newest_archive(args.workdir)
+    try:
+        written = screens.regenerate(archive, args.output, clock=clock)
+    except walk.WalkError as failed:
+        print(f"the walk failed: {failed}", file=sys.stderr)
+        return 1
+    clock.say(f"{len(written)} figures in {args.output}")
+    return 0
+
+
 def cmd_engine(args) -> int:
     import subprocess
 
@@ -294,6 +320,15 @@ def build_parser() -> argparse.ArgumentParser:
     release.add_argument("--rc-file", help="an OpenStack RC file with your credentials (default: the OS_* environment)")
     release.add_argument("--keep-stack", action="store_true", help="do not try to stop the containers first")
     release.set_defaults(func=cmd_release)
+    from chi_helpers.ui_walk.figures import SCREENS_DIR
+
+    screens = sub.add_parser("screens", help="walk the MLflow UI as the node-side notebooks do, in Chromium, on a "
+                             "stack holding a local series run's history, and regenerate the lesson's figures")
+    screens.add_argument("--archive", type=Path, help="the history to walk through (default: the newest archive "
+                         "notebook 08 left in the work folder; without one the series runs first)")
+    screens.add_argument("--workdir", type=Path, default=DEFAULT_WORKDIR, help="the local target's work folder")
+    screens.add_argument("--output", type=Path, default=SCREENS_DIR, help="where the figures go")
+    screens.set_defaults(func=cmd_screens)
     engine = sub.add_parser("engine", help="a Docker engine for the container tests: up (install what is missing, "
                             "start dockerd, make the base image, build the stack's images), down (stop what up "
                             "started), status")

@@ -87,8 +87,29 @@ def ci_base(docker_engine) -> str:
     return base_image.PRODUCTION_BASE
 
 
+# --- Debian's Chromium for the browser tests (the MLflow UI walk, the pages' widths) --------------------
+# Installed when missing (apt-get, as root), as the Docker engine is; where it cannot be, the browser
+# tests are skipped and the summary says so in one line.
+
+@pytest.fixture(scope="session")
+def chromium(request):
+    from chi_helpers.ui_walk import browser
+
+    try:
+        binary = browser.install()
+        with browser.chromium(binary):
+            pass  # it starts
+    except browser.BrowserError as failed:
+        request.config.browser_tests_note = f"browser tests: not run, {str(failed).splitlines()[0]}"
+        pytest.skip(str(failed))
+    request.config.browser_tests_note = f"browser tests: ran in {browser.version(binary)}"
+    return binary
+
+
 def pytest_terminal_summary(terminalreporter, config):
-    """One line on the container tests, ran or not: a machine without an engine never passes them silently."""
-    note = getattr(config, "container_tests_note", None)
-    if note:
-        terminalreporter.write_line(note)
+    """One line each on the container and browser tests, ran or not: a machine without an engine or a
+    browser never passes them silently."""
+    for note in (getattr(config, "container_tests_note", None), getattr(config, "browser_tests_note", None),
+                 getattr(config, "page_checks_note", None)):
+        if note:
+            terminalreporter.write_line(note)

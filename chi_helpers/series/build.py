@@ -183,14 +183,51 @@ def notebook_text(nb: nbformat.NotebookNode) -> str:
     return nbformat.writes(nb) + "\n"
 
 
+# nbconvert's `lab` page reads well on a laptop but not on a phone (390 px): it clips code cells
+# (`.jp-InputArea { overflow: hidden }`), so a long line's end is cut off out of reach, and a markdown
+# table wider than the column runs past the cell's edge. These few rules come last in every page (and,
+# being in every page, end up at the end of the shared stylesheet), so they override nbconvert's.
+PAGE_CSS = """
+/* chi_helpers/series/build.py (PAGE_CSS): the pages read at a phone's width as at a laptop's. */
+/* Code blocks scroll sideways inside their own box: code keeps its lines, nothing is cut off. */
+pre { overflow-x: auto; }
+/* A table is as wide as it needs, at most its column, and scrolls in its own box past that (GitHub's
+   way). On a laptop it still sits centred (nbconvert's auto margins). */
+.jp-RenderedHTMLCommon table { display: block; width: max-content; max-width: 100%; overflow-x: auto; }
+/* On a phone the width goes to the content: no browser margin around nbconvert's padding, no 20 px gutter
+   right of the text, table cells that pad less. So the index's variant table fits with its words whole. */
+@media (max-width: 480px) {
+  body.jp-Notebook { margin: 0; }
+  .jp-RenderedHTMLCommon { padding-right: 5px; }
+  .jp-RenderedHTMLCommon :is(td, th) { padding: 0.5em 0.25em; }
+}
+/* Diagrams and screenshots shrink to the column, never wider. */
+img { max-width: 100%; height: auto; }
+/* On a wide screen prose stops at about 110 characters a line; code, tables and figures keep the width. */
+.jp-RenderedMarkdown > :is(p, ul, ol, blockquote, h1, h2, h3, h4):not(:has(img)) { max-width: 60em; }
+"""
+
+# nbconvert's `lab` template with PAGE_CSS last in <head>, and without the two scripts it always loads
+# from a CDN: require.js (for widgets) and MathJax (for math); no page has either, so a page fetches
+# nothing from outside. (Mermaid's loader stays: it fetches only where a page has a diagram.)
+PAGE_TEMPLATE = (
+    "{%- extends 'index.html.j2' -%}\n"
+    "{% block html_head_js_requirejs %}{% endblock %}\n"
+    "{% block html_head_js_mathjax %}{% endblock %}\n"
+    '{% block html_head_css %}{% raw %}<style type="text/css">' + PAGE_CSS + "</style>{% endraw %}{% endblock %}\n"
+)
+
+
 def page_html(notebooks: list[nbformat.NotebookNode], title: str) -> str:
     """One HTML page of several notebooks, through nbconvert."""
+    from jinja2 import DictLoader
     from nbconvert import HTMLExporter
 
     whole = nbformat.v4.new_notebook(metadata={"title": title, **notebooks[0].metadata})
     for nb in notebooks:
         whole.cells.extend(nb.cells)
-    exporter = HTMLExporter(template_name="lab")
+    exporter = HTMLExporter(template_name="lab", template_file="series_page.html.j2",
+                            extra_loaders=[DictLoader({"series_page.html.j2": PAGE_TEMPLATE})])
     body, _ = exporter.from_notebook_node(whole, resources={"metadata": {"name": title}})
     # A notebook links the repository's files from two folders down (notebooks/<build>/); a page sits one down.
     return body.replace('src="../../', 'src="../').replace('href="../../', 'href="../')

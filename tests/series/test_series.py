@@ -12,7 +12,6 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
-from mlflow import MlflowClient
 
 from chi_helpers.series import build
 from chi_helpers.local import stack as local_stack
@@ -37,7 +36,8 @@ def cells_of(entry, build_name):
 
 
 def words(markdown: str) -> int:
-    return len(re.sub(r"```.*?```", "", markdown, flags=re.S).split())
+    """The words a student reads: not code blocks, nor a figure's alt text (shown only without the picture)."""
+    return len(re.sub(r"```.*?```|!\[[^\]]*\]\([^)]*\)", "", markdown, flags=re.S).split())
 
 
 # --- building -----------------------------------------------------------------------------------
@@ -239,27 +239,6 @@ def test_a_notebook_runs_with_the_papermill_cli_from_any_folder(tmp_path):
 # --- the whole series, headless, on the local target ---------------------------------------------
 
 LOCAL_SERIES = notebooks_for("local")
-
-
-@pytest.fixture(scope="module")
-def series(tmp_path_factory):
-    """One run of the local build with its own sizes (the ones `make run` uses); the stack is kept for the
-    checks, then stopped."""
-    workdir = tmp_path_factory.mktemp("series")
-    port = processes.free_port()
-    before = scripts_state()
-    report = local_run.run_series(
-        workdir=workdir, output_dir=workdir / "out", port=port, keep_stack=True,
-        parameters={"download_dir": str(workdir / "deployed")},
-    )
-    assert scripts_state() == before  # the students' edits went into the run's own copy, not this checkout
-    stack = local_stack.read_state(workdir / "stack")
-    yield report, MlflowClient(stack.url), workdir
-    local_stack.down(workdir / "stack")
-
-
-def scripts_state() -> dict[str, str]:
-    return {path.name: path.read_text() for path in (REPO_ROOT / "workspace_mlflow").glob("*.py")}
 
 
 def by_name(report: dict) -> dict:

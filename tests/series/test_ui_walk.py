@@ -1,0 +1,150 @@
+"""The MLflow UI walk-through the lesson gives, performed in Debian's Chromium on a real series' history.
+
+The walk (`chi_helpers.ui_walk.steps`) quotes the lesson's words for each step and does what they say,
+by the labels they name. These tests check both ends: the quotes stand in the lesson, in its order, and
+the figures next to them (no browser needed); and the walk passes on the history of the real local
+series run (`series`, shared with test_series.py), signed in to a stack with the node's topology. A
+label the UI no longer has fails with the lesson's words and a screenshot.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from chi_helpers.series import NOTEBOOKS, SOURCE_DIR
+from chi_helpers.ui_walk import figures, screens, steps, walk
+from chi_helpers.ui_walk.steps import WALK, Step, normalized, quote_problems
+
+SOURCES = {entry.source.removesuffix(".md"): (SOURCE_DIR / entry.source).read_text() for entry in NOTEBOOKS}
+FIGURE = re.compile(r"!\[[^\]]+\]\(\.\./\.\./docs/screens/(?P<name>[\w-]+)\.webp\)")
+
+
+# --- the lesson's side: no browser -----------------------------------------------------------------
+
+def test_every_step_quotes_the_lesson_in_its_order():
+    assert quote_problems() == []
+    assert [s.notebook for s in WALK] == sorted((s.notebook for s in WALK), key=steps.NOTEBOOKS_ORDER.index)
+
+
+def test_a_reworded_label_or_a_reordered_step_in_the_lesson_is_caught():
+    reworded = {**SOURCES, "05_track_pytorch": SOURCES["05_track_pytorch"].replace("choose *Columns*", "choose *Fields*")}
+    assert [p for p in quote_problems(sources=reworded) if "*Columns*" in p], quote_problems(sources=reworded)
+    text = SOURCES["05_track_pytorch"]
+    model, system = re.search(r"^3\. \*Model metrics\*.*$", text, re.M)[0], re.search(r"^4\. \*System metrics\*.*$", text, re.M)[0]
+    swapped = text.replace(model, "@@").replace(system, model).replace("@@", system)
+    problems = quote_problems(sources={**SOURCES, "05_track_pytorch": swapped})
+    assert any("order changed" in p for p in problems), problems
+
+
+def test_every_ui_label_the_node_side_lessons_name_is_walked():
+    walked = set().union(*(walk.labels_named(s.says) for s in WALK))
+    for entry in NOTEBOOKS:
+        if entry.side != "node":
+            continue
+        for label in walk.ITALIC.findall(SOURCES[entry.source.removesuffix(".md")]):
+            assert label in walked, f"{entry.name} names *{label}*, which no walk step uses"
+
+
+def test_a_step_must_use_exactly_the_labels_its_words_name():
+    step = Step("05_track_pytorch", "a test", "choose *Columns* and tick `lr`", run=lambda ui: None)
+    walk.check_labels(step, ["Columns", "lr"])
+    with pytest.raises(walk.WalkError, match=r"named but not used: \['lr'\]"):
+        walk.check_labels(step, ["Columns"])
+    with pytest.raises(walk.WalkError, match=r"used but not named: \['Compare'\]"):
+        walk.check_labels(step, ["Columns", "lr", "Compare"])
+
+
+def test_each_figure_stands_next_to_its_step_and_is_small():
+    named = [s.screen for s in WALK if s.screen]
+    for index, step in enumerate(WALK):
+        if not step.screen:
+            continue
+        text = normalized(SOURCES[step.notebook])
+        at = text.find(step.says)
+        following = [s for s in WALK[index + 1:] if s.notebook == step.notebook]
+        end = text.find(following[0].says) if following else len(text)
+        shown = [m["name"] for m in FIGURE.finditer(text[at:end])]
+        assert step.screen in shown, f"{step.notebook}: no figure {step.screen} after the step {step.says!r}"
+        path = figures.path_for(step.screen)
+        assert path.is_file(), f"{path} is missing: `make screens` regenerates the figures"
+        assert path.stat().st_size <= figures.MAX_BYTES
+        with Image.open(path) as image:
+            assert image.format == "WEBP" and image.width >= 600 and image.height >= 300
+    committed = sorted(p.stem for p in figures.SCREENS_DIR.glob("*"))
+    assert committed == sorted(named), "docs/screens holds exactly the walk's figures"
+    used = {m["name"] for text in SOURCES.values() for m in FIGURE.finditer(text)}
+    assert used == set(named)
+
+
+# --- the UI's side: Chromium on the series' history ---------------------------------------------------
+
+@pytest.fixture(scope="module")
+def walked(chromium, series, tmp_path_factory):
+    """The whole walk on the series' archive; the stack stays for the test that changes the UI."""
+    _, _, workdir = series
+    out = tmp_path_factory.mktemp("walk")
+    with screens.walkable_stack(screens.newest_archive(workdir), out / "stack") as target:
+        written = screens.walk_on(target, chromium, out / "screens", out / "failures", clock=None)
+        yield target, written, out
+
+
+def test_the_walk_follows_the_lesson_on_a_series_history(walked):
+    target, written, out = walked
+    assert written == [s.screen for s in WALK if s.screen]
+    for name in written:
+        path = figures.path_for(name, out / "screens")
+        assert 0 < path.stat().st_size <= figures.MAX_BYTES
+        with Image.open(path) as image, Image.open(figures.path_for(name)) as committed:
+            # The same screen as the committed figure, give or take the data's own widths.
+            assert abs(image.width - committed.width) <= 200 and abs(image.height - committed.height) <= 200, name
+    # The walk registered food11 from the UI, as notebook 05 tells the student to.
+    assert target.seen.best_run and not (out / "failures").exists()
+
+
+def test_the_bucket_holds_what_notebook_04_says_its_console_shows(walked):
+    # MinIO's console cannot run here (no image, no package): its listing is the bucket's, read over S3 from the
+    # stand-in that holds the series' artifacts. "A folder per experiment, a folder per run inside, and the models."
+    from mlflow import MlflowClient
+
+    from chi_helpers.local import object_store
+
+    target, _, out = walked
+    store = object_store.read_state(out / "stack")
+    s3 = store.s3()
+
+    def folders(prefix: str = "") -> set[str]:
+        listed = s3.list_objects_v2(Bucket=store.bucket, Prefix=prefix, Delimiter="/")
+        return {p["Prefix"] for p in listed.get("CommonPrefixes", [])}
+
+    with screens._signed_in({"MLFLOW_TRACKING_USERNAME": target.credentials["username"],
+                             "MLFLOW_TRACKING_PASSWORD": target.credentials["password"]}):
+        client = MlflowClient(target.url)
+        experiment = client.get_experiment_by_name(screens.EXPERIMENT).experiment_id
+        runs = {r.info.run_id for r in client.search_runs([experiment], max_results=1000)}
+    assert folders() == {f"{experiment}/"}
+    assert folders(f"{experiment}/") == {f"{experiment}/{run}/" for run in runs} | {f"{experiment}/models/"}
+
+
+def test_a_label_the_ui_no_longer_has_fails_with_the_lessons_words_and_a_screenshot(walked, chromium):
+    target, _, out = walked
+
+    def rename_columns(context):
+        # The UI as a release that renamed the button: its bundle says "Fields" where it said "Columns".
+        def renamed(route):
+            answer = route.fetch()
+            route.fulfill(response=answer, body=answer.text().replace('"Columns"', '"Fields"'))
+        context.route(re.compile(r".*/static-files/static/js/.*\.js$"), renamed)
+
+    upto = [s for s in WALK if s.run.__name__ in ("close_the_assistant", "pick_the_workflow", "watch_a_run",
+                                                   "choose_columns")]
+    with pytest.raises(walk.WalkError) as failed:
+        screens.walk_on(target, chromium, None, out / "renamed", clock=None, walk_steps=upto, prepare=rename_columns,
+                        timeout_ms=5000)
+    message = str(failed.value)
+    assert "choose *Columns* and tick the parameter `lr`" in message and "does not offer it" in message
+    picture = Path(message.rsplit("the page then: ", 1)[1].strip())
+    assert picture.is_file() and picture.parent == out / "renamed"
