@@ -195,8 +195,7 @@ def download_a_chart(ui: UI):
       "validation loss: the last one is the best. Click it, press *Register model*, choose *Create New Model*, name "
       "it `food11`, press *Register*.", screen="05-register-model")
 def register_from_the_ui(ui: UI):
-    label = ui.page.locator("label:has(input[value=TABLE])").first
-    label.click()
+    ui.page.locator("label:has(input[value=TABLE])").first.click()  # back from the chart view to the table
     ui.open_run(ui.seen.best_run)
     ui.click("Overview", role="tab")
     heading = ui.see("Logged models", exact=False)
@@ -209,9 +208,8 @@ def register_from_the_ui(ui: UI):
     ui.click("Create New Model")
     dialog.get_by_role("textbox").last.fill(ui.name("food11"))
     ui.mark(dialog.get_by_role("textbox").last)
-    figure = dialog
     ui.later.append(lambda: ui.click("Register", role="button", within=dialog))  # after the figure
-    return figure
+    return dialog
 
 
 @step("05_track_pytorch", "*Model registry* in the sidebar now lists `food11`; on your first visit a window presents "
