@@ -11,9 +11,11 @@ from pathlib import Path
 import pytest
 
 from chi_helpers.containers import base_image, engine
-from chi_helpers.local import stack as local_stack
 from chi_helpers.local import processes
+from chi_helpers.local import run as local_run
 from chi_helpers.local import sample_data
+from chi_helpers.local import stack as local_stack
+from chi_helpers.series import REPO_ROOT
 
 REPO = Path(__file__).resolve().parent.parent
 WORKSPACE = REPO / "workspace_mlflow"
@@ -60,6 +62,32 @@ def run_script(mlflow_server, data_dir, tmp_path):
         )
 
     return run
+
+
+# --- the local series, run once ---------------------------------------------------------------------
+
+def scripts_state() -> dict[str, str]:
+    return {path.name: path.read_text() for path in (REPO_ROOT / "workspace_mlflow").glob("*.py")}
+
+
+@pytest.fixture(scope="session")
+def series(tmp_path_factory):
+    """One run of the local build with its own sizes (the ones `make run` uses), shared by its checks
+    (tests/series/test_series.py) and the MLflow UI walk on its history (test_ui_walk.py); its stack is
+    kept until the session ends."""
+    workdir = tmp_path_factory.mktemp("series")
+    port = processes.free_port()
+    before = scripts_state()
+    report = local_run.run_series(
+        workdir=workdir, output_dir=workdir / "out", port=port, keep_stack=True,
+        parameters={"download_dir": str(workdir / "deployed")},
+    )
+    assert scripts_state() == before  # the students' edits went into the run's own copy, not this checkout
+    from mlflow import MlflowClient
+
+    stack = local_stack.read_state(workdir / "stack")
+    yield report, MlflowClient(stack.url), workdir
+    local_stack.down(workdir / "stack")
 
 
 # --- the node's Compose stack in real containers (tests/containers/), wherever an engine answers ----------
