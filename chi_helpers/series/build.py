@@ -230,7 +230,9 @@ def page_html(notebooks: list[nbformat.NotebookNode], title: str) -> str:
                             extra_loaders=[DictLoader({"series_page.html.j2": PAGE_TEMPLATE})])
     body, _ = exporter.from_notebook_node(whole, resources={"metadata": {"name": title}})
     # A notebook links the repository's files from two folders down (notebooks/<build>/); a page sits one down.
-    return body.replace('src="../../', 'src="../').replace('href="../../', 'href="../')
+    body = body.replace('src="../../', 'src="../').replace('href="../../', 'href="../')
+    # A page holds a dozen UI figures: the browser fetches each as the reader scrolls near it.
+    return body.replace("<img ", '<img loading="lazy" ')
 
 
 def index_notebook() -> nbformat.NotebookNode:
