@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from chi_helpers.progress import Clock
 from chi_helpers.ui_walk import figures
@@ -214,6 +215,9 @@ def perform(browser, url: str, credentials: dict | None, seen: Seen, steps, scre
             check_labels(step, ui.used)
     finally:
         context.close()
+        if refused:  # stopped in the browser: nothing left the machine
+            hosts = sorted({urlsplit(url).netloc for url in refused})
+            clock.say(f"refused {len(refused)} request(s) outside loopback, to {', '.join(hosts)}")
     return written
 
 
