@@ -134,6 +134,7 @@ def cmd_run(args) -> int:
             args.project, args.site or profile.site, user, rc_file=args.rc_file or "", repo=args.repo or "",
             ref=args.ref, output_dir=args.output, lease_timeout=args.lease_timeout * 60, end_lease=args.end_lease,
             lease_poll=args.lease_poll, expected_photos=args.expect_photos, restore_from=args.restore,
+            until=args.until,
         )
         return 0 if report["passed"] else 1
     from chi_helpers.local.run import run_series
@@ -309,6 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     chameleon.add_argument("--end-lease", action="store_true",
                            help="notebook 08 ends the lease, server and address (default: they stay for a rerun; "
                                 "`release` ends them)")
+    chameleon.add_argument("--until", metavar="NN", help="stop after this notebook (e.g. 04: lease, server, node "
+                           "setup and stack again, on a lease the series already ran on); default: the whole series")
     chameleon.add_argument("--dry-run", action="store_true", help="print every cloud call and node command; make none")
     run.set_defaults(func=cmd_run)
     release = sub.add_parser("release", help="on Chameleon: stop the stack, delete the server and its IP, end the lease")

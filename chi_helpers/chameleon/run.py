@@ -136,8 +136,9 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
                   rc_file: str = "", repo: str = "", ref: str = "main", output_dir: str | os.PathLike | None = None,
                   lease_timeout: float = 3600, mlflow_port: int = 8000, end_lease: bool = False,
                   lease_poll: float = 60, expected_photos: dict[str, int] | None = None,
-                  restore_from: str | os.PathLike | None = None) -> dict:
-    """Run the whole series on Chameleon; the report has the same shape as the local target's."""
+                  restore_from: str | os.PathLike | None = None, until: str | None = None) -> dict:
+    """Run the whole series on Chameleon, or up to the notebook numbered `until` (e.g. "04": a quicker
+    rehearsal of the provisioning on a lease the series ran on); the report has the local target's shape."""
     from mlflow import MlflowClient
 
     clock = Clock()
@@ -155,6 +156,11 @@ def run_chameleon(profile: Variant, lease_name: str, node_name: str | None, proj
     if expected_photos:  # a smaller copy of Food-11 than the real one (a mirror, a rehearsal)
         parameters["expected_photos"] = dict(expected_photos)
     entries = notebooks_for("chameleon")
+    if until:
+        numbers = [entry.source[:2] for entry in entries]
+        if until not in numbers:
+            raise ValueError(f"--until {until!r}: name a notebook by its number, one of {', '.join(numbers)}")
+        entries = entries[:numbers.index(until) + 1]
     results: list[NotebookResult] = []
     node = client = url = None
     networks = allowed_networks(rc_file)
