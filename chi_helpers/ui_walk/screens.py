@@ -14,6 +14,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from chi_helpers import credentials
 from chi_helpers.local.target import DEFAULT_WORKDIR
 from chi_helpers.progress import Clock
 from chi_helpers.ui_walk import browser, figures, steps, walk
@@ -80,8 +81,7 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
     state_dir = Path(scratch.name if scratch else state_dir)
     stack = local_stack.up(state_dir, port=processes.free_port(), object_store=True, auth=True, clock=clock)
     try:
-        sign_in = dict(line.split("=", 1) for line in Path(stack.auth_file).read_text().splitlines()
-                       if "=" in line and not line.startswith("#"))
+        sign_in = credentials.read(stack.auth_file)
         seen = walk.Seen("", "", "", [], "", "")
         restored = False
 
@@ -104,7 +104,7 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
             scratch.cleanup()
 
 
-def walk_on(target: Walkable, binary: str, screens_dir: Path | None, failures_dir: Path, clock: Clock,
+def walk_on(target: Walkable, binary: str, screens_dir: Path | None, failures_dir: Path, clock: Clock | None = None,
             walk_steps=None, prepare=None, timeout_ms: int = walk.TIMEOUT_MS) -> list[str]:
     """Walk `walk_steps` (the whole lesson by default) on `target` in the Chromium at `binary`."""
     with browser.chromium(binary) as chromium:

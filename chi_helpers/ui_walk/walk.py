@@ -98,14 +98,9 @@ class UI:
         return target
 
     def tick(self, label: str, within=None):
-        """Tick a checkbox named `label`: a plain one, or an entry of a tree of checkboxes (the UI's
-        *Columns* list), found by its title."""
+        """Tick the entry `label` of a tree of checkboxes (the UI's *Columns* list), found by its title."""
         scope = within or self.page
         self._use(label)
-        plain = scope.get_by_role("checkbox", name=label, exact=True).filter(visible=True)
-        if plain.count():
-            plain.first.check()
-            return plain.first
         title = scope.locator(TREE_TITLE, has_text=re.compile(rf"^\s*{re.escape(label)}\s*$"))
         node = scope.locator(TREE_NODE).filter(has=title).filter(visible=True).first
         holder = scope.locator(TREE_LIST).filter(visible=True).first

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from chi_helpers.local.target import DEFAULT_WORKDIR
 from chi_helpers.series.build import SHARED_CSS, SITE_DIR
 from chi_helpers.ui_walk import browser
 
-REPO = Path(__file__).resolve().parents[2]
-PAGE_CHECKS = REPO / ".local-target" / "page-checks"  # git-ignored
+PAGE_CHECKS = DEFAULT_WORKDIR / "page-checks"  # git-ignored
 PAGES = sorted(SITE_DIR.glob("*.html"))
 SIZES = {390: 844, 1366: 768}  # an iPhone 12-15's width, a common laptop's
 

@@ -18,6 +18,7 @@ from PIL import Image
 from chi_helpers.series import NOTEBOOKS, SOURCE_DIR
 from chi_helpers.ui_walk import figures, screens, steps, walk
 from chi_helpers.ui_walk.steps import WALK, Step, normalized, quote_problems
+from tracking_history import SignedIn
 
 SOURCES = {entry.source.removesuffix(".md"): (SOURCE_DIR / entry.source).read_text() for entry in NOTEBOOKS}
 FIGURE = re.compile(r"!\[[^\]]+\]\(\.\./\.\./docs/screens/(?P<name>[\w-]+)\.webp\)")
@@ -88,7 +89,7 @@ def walked(chromium, series, tmp_path_factory):
     _, _, workdir = series
     out = tmp_path_factory.mktemp("walk")
     with screens.walkable_stack(screens.newest_archive(workdir), out / "stack") as target:
-        written = screens.walk_on(target, chromium, out / "screens", out / "failures", clock=None)
+        written = screens.walk_on(target, chromium, out / "screens", out / "failures")
         yield target, written, out
 
 
@@ -108,11 +109,9 @@ def test_the_walk_follows_the_lesson_on_a_series_history(walked):
 def test_the_bucket_holds_what_notebook_04_says_its_console_shows(walked):
     # MinIO's console cannot run here (no image, no package): its listing is the bucket's, read over S3 from the
     # stand-in that holds the series' artifacts. "A folder per experiment, a folder per run inside, and the models."
-    from mlflow import MlflowClient
-
     from chi_helpers.local import object_store
 
-    target, _, out = walked
+    _, _, out = walked
     store = object_store.read_state(out / "stack")
     s3 = store.s3()
 
@@ -120,9 +119,7 @@ def test_the_bucket_holds_what_notebook_04_says_its_console_shows(walked):
         listed = s3.list_objects_v2(Bucket=store.bucket, Prefix=prefix, Delimiter="/")
         return {p["Prefix"] for p in listed.get("CommonPrefixes", [])}
 
-    with screens._signed_in({"MLFLOW_TRACKING_USERNAME": target.credentials["username"],
-                             "MLFLOW_TRACKING_PASSWORD": target.credentials["password"]}):
-        client = MlflowClient(target.url)
+    with SignedIn(out / "stack") as client:
         experiment = client.get_experiment_by_name(screens.EXPERIMENT).experiment_id
         runs = {r.info.run_id for r in client.search_runs([experiment], max_results=1000)}
     assert folders() == {f"{experiment}/"}
@@ -142,7 +139,7 @@ def test_a_label_the_ui_no_longer_has_fails_with_the_lessons_words_and_a_screens
     upto = [s for s in WALK if s.run.__name__ in ("close_the_assistant", "pick_the_workflow", "watch_a_run",
                                                    "choose_columns")]
     with pytest.raises(walk.WalkError) as failed:
-        screens.walk_on(target, chromium, None, out / "renamed", clock=None, walk_steps=upto, prepare=rename_columns,
+        screens.walk_on(target, chromium, None, out / "renamed", walk_steps=upto, prepare=rename_columns,
                         timeout_ms=5000)
     message = str(failed.value)
     assert "choose *Columns* and tick the parameter `lr`" in message and "does not offer it" in message
