@@ -48,6 +48,7 @@ def cmd_stack(args) -> int:
             args.state_dir, host=args.host, port=args.port, backend_store_uri=args.backend_store_uri,
             artifacts_destination=args.artifacts_destination, timeout=args.timeout,
             object_store=args.object_store, auth=args.auth, auth_file=args.auth_file,
+            public_address=args.public_address,
         )
         if args.restore:
             from chi_helpers.archive import location, restore
@@ -250,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="ask for a sign-in, as the node's stack does (MLflow's auth app; admin account in the state dir)")
     stack.add_argument("--auth-file", type=Path,
                        help="with --auth: the env file with the admin account (made if missing; default: in the state dir)")
+    stack.add_argument("--public-address", metavar="NAME",
+                       help="up: answer a browser at http://NAME:PORT as the node's MLflow answers at its floating IP "
+                            "(the Compose file's options: sign-in, allowed hosts, CORS origin; needs --object-store)")
     stack.add_argument("--timeout", type=float, default=120, help="seconds to wait for /health")
     stack.add_argument("--json", action="store_true", help="status as JSON")
     stack.add_argument("--output", type=Path, help="archive: the file to write (it must not exist yet)")

@@ -1,10 +1,12 @@
 """Per-deployment secrets for the node's tracking stack, in an env file only its owner can read.
 
 Standard library only: it runs on the node as `python3 chi_helpers/credentials.py write FILE --address IP`
-before `docker compose --env-file FILE ... up`. A file that exists is never rewritten: PostgreSQL
-and the object store keep the credentials they were first started with, so new ones would lock
-the stack out of its own data. The one thing added to an existing file is MLflow's sign-in, when
-the file predates it: no stored data depends on it yet.
+before every `docker compose --env-file FILE ... up`. The secrets in a file that exists are never
+changed: PostgreSQL and the object store keep the credentials they were first started with, so new
+ones would lock the stack out of its own data. What is rewritten each time is what follows from the
+node's address (`ADDRESS_KEYS`): a new floating IP must not leave MLflow refusing the browser. The one
+thing added to an older file is MLflow's sign-in, when the file predates it: no stored data depends
+on it yet.
 
 The MLflow admin account's variables are named as the MLflow client reads them
 (`MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`), so the Jupyter container takes exactly
@@ -19,9 +21,12 @@ import secrets
 import sys
 from pathlib import Path
 
+# What follows from the node's public address, rewritten at every `write`: the Host headers MLflow
+# answers (`--allowed-hosts`) and the page origin whose requests it takes (`--cors-allowed-origins`).
+ADDRESS_KEYS = ("MLFLOW_ALLOWED_HOSTS", "MLFLOW_CORS_ALLOWED_ORIGINS")
 # Every variable the tracking stack's Compose file requires (`${VAR:?...}`).
 REQUIRED = (
-    "POSTGRES_USER", "POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", "MLFLOW_ALLOWED_HOSTS",
+    "POSTGRES_USER", "POSTGRES_PASSWORD", "MINIO_ROOT_USER", "MINIO_ROOT_PASSWORD", *ADDRESS_KEYS,
     "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY",
 )
 # MLflow's sign-in: the admin account the auth app creates on its first start, and the key that
@@ -34,6 +39,20 @@ def allowed_hosts(address: str, port: int = 8000) -> str:
     """The Host headers the MLflow server answers: the node's public address and the node itself."""
     hosts = [f"{address}:{port}", address, f"localhost:{port}", f"127.0.0.1:{port}", f"mlflow:{port}"]
     return ",".join(dict.fromkeys(hosts))
+
+
+def cors_origins(address: str, port: int = 8000) -> str:
+    """The origin of the MLflow UI as a browser opens it at the node's public address. MLflow 3.17 refuses
+    the UI's own POSTs (runs search, Compare, the registry) from any other origin but localhost's
+    (mlflow/server/security_utils.py should_block_cors_request): without it the runs table stays empty."""
+    return f"http://{address}:{port}"
+
+
+def address_values(address: str, port: int = 8000) -> dict[str, str]:
+    """What the env file says of the node's address (`ADDRESS_KEYS`)."""
+    if not address or any(c in address for c in ",/ \t\n=$"):
+        raise ValueError(f"--address {address!r} is not a host name or IP address: give the node's floating IP")
+    return {"MLFLOW_ALLOWED_HOSTS": allowed_hosts(address, port), "MLFLOW_CORS_ALLOWED_ORIGINS": cors_origins(address, port)}
 
 
 def sign_in() -> dict[str, str]:
@@ -52,7 +71,7 @@ def generate(address: str) -> dict[str, str]:
         "POSTGRES_PASSWORD": secrets.token_urlsafe(24),
         "MINIO_ROOT_USER": f"minio{secrets.token_hex(6)}",
         "MINIO_ROOT_PASSWORD": secrets.token_urlsafe(24),
-        "MLFLOW_ALLOWED_HOSTS": allowed_hosts(address),
+        **address_values(address),
         **sign_in(),
     }
 
@@ -73,28 +92,54 @@ def _lines(values: dict[str, str]) -> str:
 def write(path: str | os.PathLike, address: str) -> tuple[dict[str, str], bool]:
     """Create the env file with fresh credentials unless it exists; returns (values, created).
 
-    An existing file made before MLflow had a sign-in gets one appended; nothing in it changes.
+    In an existing file the secrets stay as they are and the address lines are made to match `address`.
+    A file made before MLflow had a sign-in gets one added.
     """
     path = Path(path)
+    wanted = address_values(address)
     if path.exists():
         values = read(path)
-        missing = [k for k in REQUIRED if not values.get(k)]
+        missing = [k for k in REQUIRED if not values.get(k) and k not in ADDRESS_KEYS]
+        added = {}
         if missing and set(missing) <= set(SIGN_IN) and not any(k in values for k in SIGN_IN):
             added = sign_in()
-            with open(path, "a") as out:
-                out.write("# Added for MLflow's sign-in (the auth app's admin account).\n" + _lines(added))
-            os.chmod(path, 0o600)
-            return {**values, **added}, False
-        if missing:
+        elif missing:
             raise ValueError(
                 f"{path} exists but lacks {', '.join(missing)}; it was not changed. Add them by hand, "
                 "or, if this stack has no data yet, remove the file and run this again."
             )
-        return values, False
+        if added or any(values.get(key) != value for key, value in wanted.items()):
+            _rewrite(path, wanted, added)
+        return {**values, **added, **wanted}, False
     values = generate(address)
     _create(path, "# Made by chi_helpers.credentials for this deployment. Keep it private; never commit it.\n"
             + _lines(values))
     return values, True
+
+
+def _rewrite(path: Path, replaced: dict[str, str], added: dict[str, str]) -> None:
+    """The file with the `replaced` keys' lines changed (or appended) and `added` appended, every other
+    line as it was; written beside it and renamed over it, so a failure leaves the old file whole."""
+    lines, seen = [], set()
+    for line in path.read_text().splitlines():
+        key = line.split("=", 1)[0].strip() if "=" in line and not line.lstrip().startswith("#") else None
+        if key in replaced:
+            if key not in seen:
+                lines.append(f"{key}={replaced[key]}")
+            seen.add(key)
+        else:
+            lines.append(line)
+    new = {key: value for key, value in replaced.items() if key not in seen}
+    if new:
+        lines.append("# Follows from the node's address; rewritten at every `write`.")
+        lines += [f"{key}={value}" for key, value in new.items()]
+    if added:
+        lines.append("# Added for MLflow's sign-in (the auth app's admin account).")
+        lines += [f"{key}={value}" for key, value in added.items()]
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.new")
+    temporary.unlink(missing_ok=True)
+    _create(temporary, "\n".join(lines) + "\n")
+    os.replace(temporary, path)
 
 
 def write_sign_in(path: str | os.PathLike) -> dict[str, str]:
@@ -125,9 +170,10 @@ def _create(path: Path, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="credentials.py", description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["write", "show-console"])
+    parser.add_argument("action", choices=["write"])
     parser.add_argument("path", help="the env file, e.g. ~/mlflow-stack.env")
-    parser.add_argument("--address", default="127.0.0.1", help="write: the node's public address")
+    parser.add_argument("--address", required=True,
+                        help="the node's public address (its floating IP), as a browser opens MLflow there")
     args = parser.parse_args(argv)
     try:
         if args.action == "write":
@@ -135,17 +181,15 @@ def main(argv: list[str] | None = None) -> int:
             values, created = write(args.path, args.address)
             if created:
                 print(f"wrote new credentials in {args.path} (mode 600)")
-            elif set(values) - set(before):
+            elif any(k in SIGN_IN for k in set(values) - set(before)):
                 print(f"kept the existing credentials in {args.path} and added MLflow's sign-in (mode 600)")
             else:
                 print(f"kept the existing credentials in {args.path} (mode 600)")
+            if before and any(before.get(k) != values[k] for k in ADDRESS_KEYS):
+                print(f"the node's address is now {args.address}: MLflow's allowed hosts and origin follow it")
             # The name only: the password stays in the file.
             print(f"MLflow sign-in: user {values['MLFLOW_TRACKING_USERNAME']}, "
                   f"password in {args.path} (MLFLOW_TRACKING_PASSWORD)")
-        else:
-            values = read(args.path)
-            print(f"object store console user:     {values['MINIO_ROOT_USER']}")
-            print(f"object store console password: {values['MINIO_ROOT_PASSWORD']}")
     except (ValueError, OSError, KeyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,6 +26,20 @@ FAST_TRAINING = ["--image_size", "32", "--pretrained", "false", "--initial_epoch
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # this machine has no way out; don't try
 
 
+@pytest.fixture(autouse=True)
+def no_project_choice_left():
+    """A hub session keeps the student's project choice at the top of the copy (login.CHOICE_FILE); one a test
+    made in this checkout must not become the next test's default."""
+    from chi_helpers.chameleon import login
+
+    kept = login.CHOICE_FILE.read_text() if login.CHOICE_FILE.exists() else None
+    yield
+    if kept is None:
+        login.CHOICE_FILE.unlink(missing_ok=True)
+    else:
+        login.CHOICE_FILE.write_text(kept)
+
+
 @pytest.fixture(scope="session")
 def data_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("food11") / "Food-11"
@@ -138,6 +152,6 @@ def pytest_terminal_summary(terminalreporter, config):
     """One line each on the container and browser tests, ran or not: a machine without an engine or a
     browser never passes them silently."""
     for note in (getattr(config, "container_tests_note", None), getattr(config, "browser_tests_note", None),
-                 getattr(config, "page_checks_note", None)):
+                 getattr(config, "page_checks_note", None), getattr(config, "hub_tests_note", None)):
         if note:
             terminalreporter.write_line(note)

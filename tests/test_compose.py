@@ -148,19 +148,20 @@ def test_every_dockerfile_takes_its_base_as_an_argument_defaulting_to_production
 
 
 def test_only_mlflow_faces_the_internet():
-    """PostgreSQL is not published; MinIO, archived and unpatched, only on the node's loopback (its API and
-    console are reached through an SSH tunnel); MLflow, behind its sign-in, is the one public port."""
+    """PostgreSQL is not published; MinIO, archived and unpatched, only its S3 API on the node's loopback (its
+    console nowhere); MLflow, behind its sign-in, is the one public port."""
     assert "ports" not in TRACKING["services"]["postgres"]
-    assert TRACKING["services"]["minio"]["ports"] == ["127.0.0.1:9000:9000", "127.0.0.1:9001:9001"]
+    assert TRACKING["services"]["minio"]["ports"] == ["127.0.0.1:9000:9000"]
     public = [(name, port) for name, service in TRACKING["services"].items() for port in service.get("ports", [])
               if not str(port).startswith("127.0.0.1:")]
     assert public == [("mlflow", "8000:8000")]
 
 
-def test_mlflow_allows_only_the_hosts_it_is_given():
+def test_mlflow_allows_only_the_hosts_and_the_origin_it_is_given():
     command = " ".join(TRACKING["services"]["mlflow"]["command"])
     assert "--allowed-hosts=${MLFLOW_ALLOWED_HOSTS:?" in command
-    assert "*" not in credentials.allowed_hosts("129.114.1.2")
+    assert "--cors-allowed-origins=${MLFLOW_CORS_ALLOWED_ORIGINS:?" in command
+    assert "*" not in credentials.allowed_hosts("129.114.1.2") and "*" not in credentials.cors_origins("129.114.1.2")
     assert "--serve-artifacts" in command and "--artifacts-destination=s3://mlflow-artifacts/" in command
     env = TRACKING["services"]["mlflow"]["environment"]
     assert env["MLFLOW_BACKEND_STORE_URI"].startswith("postgresql+psycopg://") and env["MLFLOW_BACKEND_STORE_URI"].endswith("@postgres:5432/mlflowdb")

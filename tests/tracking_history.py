@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import os
 import urllib.error
 import urllib.request
@@ -111,9 +112,12 @@ def account(values: dict) -> tuple[str, str]:
     return values["MLFLOW_TRACKING_USERNAME"], values["MLFLOW_TRACKING_PASSWORD"]
 
 
-def http_status(url: str, user: tuple[str, str] | None = None) -> int:
-    """The HTTP status a GET of `url` gets, signed in with basic auth as `user` (or not at all)."""
-    request = urllib.request.Request(url)
+def http_status(url: str, user: tuple[str, str] | None = None, body: dict | None = None,
+                headers: dict | None = None) -> int:
+    """The HTTP status a GET of `url` (a POST of `body`) gets, signed in with basic auth as `user` (or not at
+    all), with `headers` besides (a browser's Host and Origin)."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
     if user:
         request.add_header("Authorization", "Basic " + base64.b64encode(":".join(user).encode()).decode())
     try:

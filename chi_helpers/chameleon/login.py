@@ -6,8 +6,11 @@ before that import (and python-chi's context is re-read if it was imported alrea
 - a way to sign in: Chameleon's JupyterHub session, an application credential, a password or a
   token, from the environment or the RC file;
 - a project: an application credential is bound to its own (and Keystone refuses a project-scoped
-  token for one, so no project is set); otherwise the `project` parameter, `OS_PROJECT_NAME`, or,
-  when a person has the notebook open, python-chi's project widget;
+  token for one, so no project is set); otherwise the `project` parameter, the choice an earlier
+  notebook kept (`CHOICE_FILE`), `OS_PROJECT_NAME`, or, when a person has the notebook open,
+  python-chi's project widget. Chameleon's hub sets `OS_PROJECT_NAME` to the first of the student's
+  projects by name, whichever that is: `verify` lists the student's projects and says which one pays,
+  and before a lease is made (`new_lease`) it stops a student in several projects who has not chosen;
 - for the notebooks that make or reach the server, the key pair python-chi creates it with
   (`OS_KEYPAIR_PUBLIC_KEY`) and logs in with (`OS_KEYPAIR_PRIVATE_KEY`); the hub provides one.
 
@@ -16,9 +19,16 @@ Anything missing stops here with what to set, before a request is sent.
 On Chameleon's JupyterHub there is no RC file and no credential: the hub starts each server with
 `JUPYTERHUB_API_URL`, `JUPYTERHUB_API_TOKEN`, `JUPYTERHUB_USER` and the OS_* of an OIDC access-token
 sign-in (`OS_AUTH_TYPE=v3oidcaccesstoken`, `OS_ACCESS_TOKEN`, `OS_IDENTITY_PROVIDER=chameleon`,
-`OS_PROTOCOL=openid`: jupyterhub_chameleon/authenticator/keycloak.py). python-chi asks the hub's API for
-a fresh access token whenever it needs one (chi/jupyterhub.py) and trades it for a Keystone token at
-Keystone's federation route. When the hub refuses, python-chi only logs why; `verify` says it.
+`OS_PROTOCOL=openid`, CHI@UC's `OS_AUTH_URL`: jupyterhub-chameleon authenticator/openstack_oauth.py).
+python-chi asks the hub's API for the access token whenever it needs one (chi/jupyterhub.py) and trades
+it for a Keystone token at Keystone's federation route. When the hub refuses, python-chi only logs why;
+`verify` says it.
+
+python-chi 1.2.10 also expects the hub's answer to say when the token expires (`expires_at`), and the
+hub drops that field each time it renews a student's sign-in, hourly (oauthenticator's refresh_user
+stores no `expires_at`). python-chi then keeps None and fails at its next look at the token with a
+TypeError (chi/context.py `_SessionWithAccessTokenRefresh`). `check` mends that for the kernel
+(`_mend_hub_expiry`): the expiry is read from the access token itself, a JWT, as the hub does at sign-in.
 
 Each Chameleon site is its own OpenStack with its own Keystone: an application credential works only at
 the site whose dashboard made it (its RC file's OS_REGION_NAME and OS_AUTH_URL say which). When a site
@@ -31,6 +41,7 @@ import logging
 import os
 import re
 import sys
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +49,9 @@ from pathlib import Path
 from chi_helpers.chameleon import openstack_rc
 
 HUB_SESSION = "Chameleon's JupyterHub session"
+# Where a student's choice of project is kept for the other notebooks: at the top of their copy of the series.
+CHOICE_FILE = Path(__file__).resolve().parents[2] / "chameleon-project.txt"
+HUB_DEFAULT = "the hub's default: the first of your projects by name"
 # What restarting the Jupyter server does: the hub starts it again with a new API token and the OS_*
 # of the student's current sign-in.
 RESTART_HELP = ("restart your Jupyter server from the hub: File > Hub Control Panel > Stop My Server, then "
@@ -60,10 +74,11 @@ class Login:
     project: str | None  # what to give context.use_project (None: set none)
     choose_project: bool  # no project known: a person picks one with python-chi's widget
     key_pair: str | None  # "<name>: <public key file>", when asked for
+    project_source: str = ""  # where `project` came from
 
     def describe(self) -> str:
-        project = (self.project or ("chosen with the widget below" if self.choose_project
-                                    else "the one the credential belongs to"))
+        project = (f"{self.project} ({self.project_source})" if self.project
+                   else ("chosen with the widget below" if self.choose_project else "the one the credential belongs to"))
         method = self.method
         if method == HUB_SESSION:
             method += " (the hub's access token, through Keystone's federation route)"
@@ -159,32 +174,61 @@ def check(rc_file: str = "", project: str = "", need_key_pair: bool = False) -> 
         source = "Chameleon's JupyterHub"
     env = dict(os.environ)
     method = _method(env)
-    if method == "application credential":
-        chosen, choose = None, False  # bound to its project; a project scope would be refused
-    else:
-        chosen = project or env.get("OS_PROJECT_NAME") or None
+    chosen, choose, project_source = None, False, ""
+    if method != "application credential":  # one is bound to its project; a project scope would be refused
+        for value, where in ((project, "set in the parameters cell"),
+                             (remembered_project(), f"your choice, kept in {CHOICE_FILE.name}"),
+                             (env.get("OS_PROJECT_NAME"), HUB_DEFAULT if method == HUB_SESSION else "OS_PROJECT_NAME")):
+            if value:
+                chosen, project_source = value, where
+                break
         choose = chosen is None and not env.get("OS_PROJECT_ID")
         if choose and not person_at_the_notebook():
             raise LoginError("no project is set, and no one is at this notebook to pick one from the widget: set "
                              "project = 'CHI-123456' (your project's name) in the parameters cell, or OS_PROJECT_NAME")
-    login = Login(method, source, chosen, choose, _key_pair(env) if need_key_pair else None)
+    login = Login(method, source, chosen, choose, _key_pair(env) if need_key_pair else None, project_source)
     if loaded and "chi.context" in sys.modules:
         sys.modules["chi.context"].reset()  # imported before this: have it read the environment again
+    if method == HUB_SESSION:
+        _mend_hub_expiry()
     return login
+
+
+def remembered_project() -> str:
+    """The project an earlier notebook of this copy was told to use on the hub ("" for none). Only a hub
+    session keeps one: a headless run names its project for every notebook."""
+    if not _hub_session():
+        return ""
+    try:
+        return CHOICE_FILE.read_text().strip()
+    except OSError:
+        return ""
+
+
+def remember_project(project: str) -> bool:
+    """Keep `project` for the other notebooks of this copy (on the hub); True when that changed what was kept."""
+    if not _hub_session() or remembered_project() == project:
+        return False
+    CHOICE_FILE.write_text(project + "\n")
+    return True
 
 
 def use_project(project: str = "") -> Login:
     """A notebook's sign-in: check the credentials this kernel has, then `context.use_project(project)`,
     or python-chi's drop-down of your projects when `project` is "" and a person is at the notebook.
     An application credential brings its own project (Keystone refuses another scope for it)."""
+    global _signed_in
     account = check("", project)
     print(account.describe())
     from chi import context
 
     if account.project:
         context.use_project(account.project)
+        if project and remember_project(project):
+            print(f"(kept in {CHOICE_FILE}: the other notebooks use it when their project is \"\")")
     elif account.choose_project:
         context.choose_project()
+    _signed_in = account
     return account
 
 
@@ -212,9 +256,11 @@ def sign_in(rc_file: str = "", project: str = "", site: str = "CHI@TACC", need_k
             say=print) -> Login:
     """What a notebook's sign-in cell does, for a process with no notebook (the CLI's runs and release):
     check, then set python-chi's project and site."""
+    global _signed_in
     account = check(rc_file, project, need_key_pair)
     if account.choose_project:
         raise LoginError("no project is set: pass --project CHI-123456 (your project's name), or set OS_PROJECT_NAME")
+    _signed_in = account
     say(account.describe())
     from chi import context
 
@@ -225,10 +271,15 @@ def sign_in(rc_file: str = "", project: str = "", site: str = "CHI@TACC", need_k
     return account
 
 
-def verify(need_key_pair: bool = False) -> None:
+_signed_in: Login | None = None  # the last `use_project` of this kernel
+
+
+def verify(need_key_pair: bool = False, new_lease: bool = False) -> None:
     """Ask Keystone for a token now, so that refused credentials stop here, in a sentence, and not in
     the middle of the first reservation or server call. With `need_key_pair`, first check the SSH key
-    pair python-chi makes the server with and logs in with."""
+    pair python-chi makes the server with and logs in with. Then, unless an application credential
+    brings its project, list the user's projects and say which one pays; with `new_lease` (the notebook
+    that reserves), stop a user in several projects whose project is only the hub's default."""
     from chi import context
 
     if need_key_pair:
@@ -238,11 +289,83 @@ def verify(need_key_pair: bool = False) -> None:
     with hub_refusals() as refusals:
         try:
             context.session().get_project_id()
+            projects = [] if _bound_to_its_project() else sorted(context.list_projects())
         except Exception as error:
             reason = _why_refused(error, refusals.reasons)
             if reason is None:
                 raise
             raise LoginError(reason) from None
+    if projects:
+        _say_who_pays(context.get("project_name"), projects, new_lease)
+
+
+def _bound_to_its_project() -> bool:
+    return _method(dict(os.environ)) == "application credential"
+
+
+def _say_who_pays(project: str | None, projects: list[str], new_lease: bool) -> None:
+    source = _signed_in.project_source if _signed_in and _signed_in.project == project else ""
+    others = [name for name in projects if name != project]
+    if len(projects) == 1:
+        print(f"project {project} pays for what these notebooks reserve (your only project)")
+        return
+    print(f"project {project} pays for what these notebooks reserve; your projects: {', '.join(projects)}")
+    if new_lease and source == HUB_DEFAULT:
+        raise LoginError(
+            f"you are a member of {len(projects)} projects ({', '.join(projects)}), and nobody chose one: the hub "
+            f"names {project}, the first by name, which is not always the course's. Nothing is reserved yet. Set "
+            f"project = '{project}' (or '{others[0]}') in the parameters cell and run the notebook again; the other "
+            f"notebooks use your choice (it is kept in {CHOICE_FILE.name}).")
+
+
+def _mend_hub_expiry() -> None:
+    """Give python-chi the access token's expiry when the hub's answer lacks it (see the module's notes):
+    the JWT's own `exp`, or, for a token that is no JWT, "now", so that python-chi asks the hub again at
+    its next need instead of failing. Done once per kernel."""
+    import chi.jupyterhub as hub
+
+    if getattr(hub.refresh_access_token, "mended", False):
+        return
+    original = hub.refresh_access_token
+
+    def refresh_access_token():
+        access_token, expires_at = original()
+        if expires_at is None:
+            expires_at = token_expiry(access_token) or time.time()
+            if not refresh_access_token.said:
+                print("(the hub's answer says nothing of when your access token expires, as after each of its hourly "
+                      "renewals, and python-chi 1.2.10 fails on that: the series reads the expiry from the token)")
+                refresh_access_token.said = True
+        return access_token, expires_at
+
+    refresh_access_token.mended, refresh_access_token.said = True, False
+    refresh_access_token.original = original
+    hub.refresh_access_token = refresh_access_token
+
+
+def token_expiry(token: str) -> float | None:
+    """The `exp` of a JWT, read without checking its signature (the hub's authenticator reads it so)."""
+    import base64
+    import json
+
+    try:
+        payload = token.split(".")[1]
+        return float(json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))["exp"])
+    except (IndexError, KeyError, TypeError, ValueError):
+        return None
+
+
+def _hub_token_expired_at() -> float | None:
+    """When the access token the hub holds for this student expired, if it has; None when it has not, or
+    the hub cannot be asked."""
+    try:
+        import chi.jupyterhub as hub
+
+        token, _ = hub.refresh_access_token()
+    except Exception:  # the hub's refusal is said elsewhere
+        return None
+    expiry = token_expiry(token)
+    return expiry if expiry is not None and expiry <= time.time() else None
 
 
 def _why_refused(error: Exception, hub_reasons: list[str]) -> str | None:
@@ -253,6 +376,13 @@ def _why_refused(error: Exception, hub_reasons: list[str]) -> str | None:
     if hub_reasons:  # python-chi got no access token from the hub: it sent none (or a stale one)
         return _hub_refused(hub_reasons[-1])
     if isinstance(error, exceptions.Unauthorized) and _hub_session():
+        expired = _hub_token_expired_at()
+        if expired is not None:
+            when = time.strftime("%H:%M UTC", time.gmtime(expired))
+            return (f"Keystone refused the access token your hub session holds (401): it expired at {when}, and the "
+                    "hub renews it only once an hour, so it may hand out the expired one for a while yet. Log out "
+                    "of the hub (File > Log Out) and log in again (a new sign-in brings new tokens), then rerun "
+                    "this notebook from the top.")
         return ("Keystone refused the access token of your hub session (401): your sign-in to Chameleon has "
                 "expired or was revoked. Log out of the hub (File > Log Out), log in again, then rerun this "
                 "notebook from the top. With a project name set, check that it is yours.")
@@ -364,7 +494,12 @@ def _hub_refused(reason: str) -> str:
     what_to_do = (f"{RESTART_HELP[0].upper()}{RESTART_HELP[1:]}; if that does not help, log out of the hub "
                   "(File > Log Out) and in again.")
     if reason.startswith("403"):
-        return (f"JupyterHub refused to hand python-chi your access token ({reason}): it does not accept this "
-                f"server's JUPYTERHUB_API_TOKEN for user {os.environ.get('JUPYTERHUB_USER')!r}. {what_to_do}")
+        # The hub answers 403 both to a server token it does not know and when it could not renew the
+        # student's sign-in with Chameleon (its refresh token expired: "Login is required").
+        return (f"JupyterHub refused to hand python-chi your access token ({reason}): either your sign-in to the "
+                "hub has run out (the hub renews it with Chameleon hourly, and that fails once the sign-in is "
+                "too old), or it does not accept this server's JUPYTERHUB_API_TOKEN for user "
+                f"{os.environ.get('JUPYTERHUB_USER')!r}. Log out of the hub (File > Log Out) and log in again; if "
+                f"that does not help, {RESTART_HELP}.")
     return (f"python-chi could not get your access token from JupyterHub at {os.environ.get('JUPYTERHUB_API_URL')} "
             f"({reason}). {what_to_do}")

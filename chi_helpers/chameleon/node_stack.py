@@ -67,14 +67,15 @@ def archive_command(name: str, runs_only: bool = False) -> str:
     return _archive_service(f"make {CONTAINER_ARCHIVES}/{name}" + (" --runs-only" if runs_only else ""))
 
 
+def download_link_command(name: str) -> str:
+    """Shows the archive in the node's Jupyter file browser (the checkout is its folder there): a hard link,
+    so it takes no more room on the node."""
+    return f"ln -f ~/{ARCHIVES}/{name} {REMOTE_REPO}/{name}"
+
+
 def restore_command(name: str, merge: bool = False) -> str:
     """Brings ~/mlflow-archives/<name> back into the running stack (refused where it holds runs, unless merged)."""
     return _archive_service(f"restore {CONTAINER_ARCHIVES}/{name}" + (" --merge" if merge else ""))
-
-
-def console_credentials_command() -> str:
-    """Prints the object store console's user and password (they live only in the env file)."""
-    return f"python3 {REMOTE_REPO}/chi_helpers/credentials.py show-console {ENV_FILE}"
 
 
 def sign_in_command() -> str:
@@ -151,14 +152,3 @@ def password_command(address: str, key_file: str) -> str:
     """Prints MLflow's admin password: for a terminal, never a notebook's output."""
     return ssh_command(address, key_file, f"grep MLFLOW_TRACKING_PASSWORD {ENV_FILE}")
 
-
-def console_login_command(address: str, key_file: str) -> str:
-    """Prints the object store console's user and password: for a terminal."""
-    return ssh_command(address, key_file, console_credentials_command())
-
-
-def ssh_tunnel(address: str, key_file: str) -> str:
-    """MinIO's console (on the node's loopback only) and, for those who want nothing but SSH open, MLflow
-    and Jupyter, on this computer's localhost while the command runs."""
-    return ssh_command(address, key_file,
-                       options="-N -L 9001:127.0.0.1:9001 -L 8000:127.0.0.1:8000 -L 8888:127.0.0.1:8888")

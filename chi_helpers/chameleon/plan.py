@@ -17,7 +17,7 @@ from chi_helpers.series import notebooks_for
 from chi_helpers.variants import Variant
 
 # What the VM opens: SSH, Jupyter and MLflow. The object store listens on the node's loopback only (it is
-# archived and unpatched): its console is reached through an SSH tunnel, so 9000/9001 stay closed.
+# archived and unpatched), so 9000/9001 stay closed.
 SECURITY_GROUP_PORTS = {"ssh": 22, "jupyter": 8888, "mlflow": 8000}
 
 
@@ -78,7 +78,7 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
     add("02_server", "node", node_setup.image_build_check().command)
 
     add("03_data", "node", *node_stack.data_commands())
-    add("04_stack", "node", *node_stack.tracking_up_commands(address), node_stack.console_credentials_command(),
+    add("04_stack", "node", *node_stack.tracking_up_commands(address),
         node_setup.image_build_check().command, node_stack.jupyter_run_command(profile, address),
         node_stack.jupyter_url_command())
 

@@ -9,6 +9,11 @@ Open by default: it listens on 127.0.0.1 only. With `auth` it runs MLflow's auth
 node's stack does: the admin account from an env file (`mlflow-auth.env` in the state dir unless
 given), accounts in `auth.db` beside it, and no permission for users added later.
 
+With `public_address` the server takes the options the node's Compose file gives it (its allowed
+hosts and CORS origin among them), filled in for that address as `credentials.py write --address`
+fills them on the node: a browser that opens `http://<public address>:<port>` (a name a test maps
+onto this loopback listener) meets what it meets at the node's floating IP.
+
 What is running is recorded in `<state dir>/stack.json`; the server's output goes to
 `<state dir>/mlflow-server.log`. `down` stops the server and every process it started, and
 keeps the data.
@@ -23,7 +28,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from chi_helpers import credentials
+from chi_helpers import compose_file, credentials
 from chi_helpers.local import object_store as local_object_store
 from chi_helpers.local import processes
 from chi_helpers.progress import Clock
@@ -59,6 +64,13 @@ class Stack:
     started_at: float
     env: dict = field(default_factory=dict)  # extra environment the server was given (secrets left out)
     auth_file: str = ""  # with the auth app: the env file holding its admin account
+    public_address: str = ""  # where a browser opens it, when it runs the Compose file's options
+    flags: list = field(default_factory=list)  # the options beyond where it listens and what it stores
+
+    @property
+    def public_url(self) -> str:
+        """The address a browser opens: the public one when there is one."""
+        return f"http://{self.public_address}:{self.port}" if self.public_address else self.url
 
     @property
     def health_url(self) -> str:
@@ -87,17 +99,24 @@ def _write_state(state_dir: Path, stack: Stack) -> None:
 
 
 def server_command(host: str, port: int, backend_store_uri: str, artifacts_destination: str, workers: int = 1,
-                   auth: bool = False) -> list[str]:
-    return [
-        sys.executable, "-m", "mlflow", "server",
-        *(["--app-name", "basic-auth"] if auth else []),
-        "--host", host,
-        "--port", str(port),
-        "--workers", str(workers),
-        "--backend-store-uri", backend_store_uri,
-        "--artifacts-destination", artifacts_destination,
-        "--serve-artifacts",
-    ]
+                   auth: bool = False, flags: list[str] | None = None) -> list[str]:
+    """`mlflow server` listening at host:port on these stores; `flags` (the Compose file's) in place of
+    the defaults for everything else."""
+    if flags is None:
+        flags = [*(["--app-name=basic-auth"] if auth else []), "--serve-artifacts"]
+    stores = ["--backend-store-uri", backend_store_uri]
+    if compose_file.flag_value(flags, "--artifacts-destination") is None:
+        stores += ["--artifacts-destination", artifacts_destination]
+    return [sys.executable, "-m", "mlflow", "server", *flags, "--host", host, "--port", str(port),
+            "--workers", str(workers), *stores]
+
+
+def node_flags(public_address: str, port: int) -> list[str]:
+    """The MLflow options of the node's Compose file, filled in for a node at `public_address` whose MLflow
+    listens on `port` (the sign-in's variables are passed in the environment, not here)."""
+    values = {**credentials.address_values(public_address, port), **{key: "set" for key in credentials.REQUIRED
+                                                                        if key not in credentials.ADDRESS_KEYS}}
+    return compose_file.mlflow_server_flags(values)
 
 
 def up(
@@ -112,6 +131,8 @@ def up(
     object_store: bool = False,
     auth: bool = False,
     auth_file: str | os.PathLike | None = None,
+    public_address: str | None = None,
+    flags: list[str] | None = None,
 ) -> Stack:
     """Start the MLflow server in the background and wait until /health answers.
 
@@ -119,7 +140,9 @@ def up(
     to the server's environment. `object_store` starts (or reuses) a local S3 endpoint and keeps
     the artifacts in its bucket, as the node's stack keeps them in MinIO. A `postgresql://`
     backend's database is made when it does not exist yet. `auth` (or an `auth_file`) runs the
-    auth app; the sign-in is read from `auth_file`, made there when missing.
+    auth app; the sign-in is read from `auth_file`, made there when missing. `public_address` runs the
+    Compose file's MLflow options for a node at that address (they sign in, so `auth` follows);
+    `flags` gives the options outright.
     """
     state_dir = Path(state_dir).resolve()
     clock = clock or Clock()
@@ -129,6 +152,13 @@ def up(
         store = local_object_store.up(state_dir, clock=clock)
         env = {**store.client_env(), **(env or {})}
         artifacts_destination = artifacts_destination or f"s3://{store.bucket}/"
+    if public_address and flags is None:
+        flags = node_flags(public_address, port)
+    if flags is not None:
+        auth = auth or compose_file.flag_value(flags, "--app-name") == "basic-auth"
+        if object_store is False and (compose_file.flag_value(flags, "--artifacts-destination") or "").startswith("s3://"):
+            raise StackError("these MLflow options keep artifacts in an S3 bucket: start the stack with object_store "
+                             "(`--object-store`), as the node runs MinIO beside MLflow")
     auth = auth or auth_file is not None
     if auth:
         auth_file = Path(auth_file or state_dir / AUTH_ENV_FILE).resolve()
@@ -170,7 +200,7 @@ def up(
         **(env or {}),
         **(_auth_env(state_dir, auth_file) if auth else {}),
     }
-    command = server_command(host, port, backend_store_uri, artifacts_destination, auth=auth)
+    command = server_command(host, port, backend_store_uri, artifacts_destination, auth=auth, flags=flags)
     clock.say(f"starting MLflow server on {host}:{port} (log: {log})")
     proc = processes.start_background(command, log, env=server_env)
     stack = Stack(
@@ -184,6 +214,8 @@ def up(
         started_at=time.time(),
         env={k: v for k, v in (env or {}).items() if "SECRET" not in k and "PASSWORD" not in k and "KEY_ID" not in k},
         auth_file=str(auth_file) if auth else "",
+        public_address=public_address or "",
+        flags=list(flags or []),
     )
     # Recorded before it is ready, so `down` can stop a server that hangs while starting.
     _write_state(state_dir, stack)
@@ -199,7 +231,7 @@ def up(
             clock.say(f"waiting for {stack.health_url} ...")
             next_note = clock.elapsed() + 5
         time.sleep(0.25)
-    clock.say(f"MLflow server ready at {stack.url}")
+    clock.say(f"MLflow server ready at {stack.url}" + (f", for a browser at {stack.public_url}" if public_address else ""))
     if auth:
         # The user name only: the password stays in the file.
         clock.say(f"sign in as {credentials.read(auth_file)['MLFLOW_TRACKING_USERNAME']}; "

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from chi_helpers import network_guard
-from chi_helpers.twin import jupyterhub, keystone, sites
+from chi_helpers.twin import jupyterhub, keycloak, keystone, sites
 from chi_helpers.twin.web import Fault, Request, Service, TwinServer, reply, serve
 from chi_helpers.twin.world import FAULTS, World
 
@@ -74,6 +74,17 @@ class Twin:
         """What a kernel on the hub stand-in has in its environment (`twin-hub.env`)."""
         return read_env_file(self.hub_env_file)
 
+    def hub_sign_in(self, keys_folder: Path | None = None) -> dict[str, str]:
+        """The student signs in to the hub again and starts a new server: new tokens, and `twin-hub.env`
+        rewritten with what the hub gives the new server (its key pair in `keys_folder`)."""
+        with self.world.lock:
+            record = jupyterhub.sign_in(self.world, USER)
+            write_hub_env(self.world, self.hub_env_file, record, keys_folder)
+        return self.hub_environment()
+
+    def pass_time(self, seconds: float, browser_every: float | None = 60) -> None:
+        pass_time(self.world, seconds, browser_every)
+
     def stop(self) -> None:
         if self._stop:
             self._stop.set()
@@ -107,10 +118,24 @@ class Admin(Service):
 
     prefix = "/twin"
     name = "twin"
-    routes = [("GET", "/status", "status"), ("POST", "/faults", "fault")]
+    routes = [("GET", "/status", "status"), ("POST", "/faults", "fault"), ("POST", "/clock", "clock")]
 
     def status(self, request: Request):
         return reply(200, summary(self.world))
+
+    def clock(self, request: Request):
+        """{"advance": seconds, "browser_every": seconds or null}: the time a session spends elsewhere."""
+        body = request.json()
+        try:
+            seconds = float(body.get("advance", 0))
+            every = body.get("browser_every", 60)
+            every = None if every is None else float(every)
+        except (TypeError, ValueError):
+            raise Fault(400, "advance (and browser_every) must be numbers of seconds") from None
+        if seconds < 0 or (every is not None and every <= 0):
+            raise Fault(400, "the clock only moves forward, and the browser asks at a positive interval")
+        pass_time(self.world, seconds, every)
+        return reply(200, {"now": self.world.now().isoformat(), "offset": self.world.clock.offset})
 
     def fault(self, request: Request):
         body = request.json()
@@ -118,6 +143,20 @@ class Admin(Service):
             raise Fault(400, f"unknown fault {body.get('fault')!r}: one of {', '.join(FAULTS)}")
         self.world.inject(body["fault"], int(body.get("count", 1)))
         return reply(200, {"faults": self.world.faults})
+
+
+def pass_time(world: World, seconds: float, browser_every: float | None = 60) -> None:
+    """`seconds` of a hub session go by at once: the twin's clock moves on (and every kernel's that follows
+    its offset file), with the student's hub page open, asking the hub every `browser_every` seconds
+    (None: the page is closed)."""
+    left, step = seconds, browser_every or seconds
+    while left > 0:
+        moved = min(step, left)
+        with world.lock:
+            world.clock.advance(moved)
+            if browser_every and USER in world.data.get("hub_users", {}):
+                jupyterhub.browser_request(world, USER)
+        left -= moved
 
 
 def free_address(state_dir: Path, site: str = "", taken: tuple[str, ...] = ()) -> str:
@@ -186,24 +225,12 @@ def write_password_rc(world: World, path: Path) -> None:
     path.chmod(0o600)
 
 
-def write_hub_env(world: World, path: Path, hub_user: dict) -> None:
-    """The environment of a kernel on Chameleon's JupyterHub: what JupyterHub's spawner sets
-    (JUPYTERHUB_*), what Chameleon's adds (NB_USER and the key pair: jupyterhub_chameleon/spawner.py;
-    the OS_* of the authenticator's `openstack_rc`: authenticator/keycloak.py), and, as in the RC
-    files, the twin's site list and the network guard. No project (the hub sets none) and no
-    OS_KEYPAIR_NAME (python-chi makes it $USER-jupyter)."""
-    keys = world.state_dir / "keys"
-    values = {
-        "JUPYTERHUB_API_URL": world.url(jupyterhub.PREFIX),
-        "JUPYTERHUB_API_TOKEN": hub_user["api_token"],
-        "JUPYTERHUB_USER": hub_user["name"],
-        "NB_USER": hub_user["name"],
-        **hub_user["auth_state"]["openstack_rc"],  # OS_ACCESS_TOKEN: the one of the server's start
-        "OS_KEYPAIR_PRIVATE_KEY": str(keys / "id_rsa"),
-        "OS_KEYPAIR_PUBLIC_KEY": str(keys / "id_rsa.pub"),
-        "CHI_RESOURCE_API_URL": world.url("/api"),
-        network_guard.VARIABLE: network_guard.LOOPBACK,
-    }
+def write_hub_env(world: World, path: Path, hub_user: dict, keys_folder: Path | None = None) -> None:
+    """The environment of a kernel on Chameleon's JupyterHub (twin/jupyterhub.py `spawn_environment`: the
+    hub's OS_*, JUPYTERHUB_*, the key pair) and, as in the RC files, the twin's site list and the network
+    guard. No OS_KEYPAIR_NAME (python-chi makes it $USER-jupyter)."""
+    values = {**jupyterhub.spawn_environment(world, hub_user, str(keys_folder or world.state_dir / "keys")),
+              "CHI_RESOURCE_API_URL": world.url("/api"), network_guard.VARIABLE: network_guard.LOOPBACK}
     lines = ["# The environment of a kernel on Chameleon's JupyterHub, for the twin: no RC file and no credential;",
              "# python-chi asks the hub's API for the student's access token and signs in through Keystone's",
              "# federation route. Source it (or give its variables to a kernel) before python-chi's first import."]
@@ -241,7 +268,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
 
     `speed`: how many times sooner a lease starts than its start date says (`end_speed`: ends;
     default the same). A rehearsal of the whole series wants leases that start soon and last.
-    `access_token_seconds`: how long the hub's access tokens last (default Keycloak's 5 minutes)."""
+    `access_token_seconds`: how long Keycloak's access tokens last (twin/keycloak.py says why an hour)."""
     state_dir = Path(state_dir).resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
     address = address or free_address(state_dir)
@@ -253,7 +280,7 @@ def start(state_dir: str | os.PathLike, address: str | None = None, speed: float
     credential_id, secret = world.new_id().replace("-", ""), world.new_id().replace("-", "")
     keystone.seed(world, PROJECT, USER, PASSWORD, credential_id, secret)
     kvm_credential = keystone.add_site_credential(world, sites.KVM, f"{USER}-twin")
-    keystone.set_lifetimes(world, access_token=access_token_seconds)
+    keycloak.set_lifetimes(world, access_token=access_token_seconds)
     mounted: list[Service] = [Admin(world)]
     for name in SERVICE_MODULES:
         module = importlib.import_module(f"{__package__}.{name}")
@@ -303,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--speed", type=float, default=60.0)
     parser.add_argument("--end-speed", type=float, default=1.0)
     parser.add_argument("--access-token-seconds", type=float, default=None,
-                        help="how long the hub stand-in's access tokens last (default 300, as Keycloak's)")
+                        help="how long Keycloak's access tokens last (default 3600: twin/keycloak.py says why)")
     args = parser.parse_args(argv)
     from chi_helpers import network_guard as guard
 

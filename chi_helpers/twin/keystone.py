@@ -36,15 +36,15 @@ keystoneauth1's OidcAccessToken sends it as a bearer to the federation route
 which answers an unscoped token; a project-scoped one is then asked for with the token method, and
 keeps the unscoped one's expiry (keystone/auth/plugins/mapped.py handle_scoped_token). On Chameleon the
 access token is checked in front of Keystone (Apache's mod_auth_openidc, by introspection): an unknown or
-expired one is refused 401 before Keystone sees it. The twin keeps Keycloak's side here too: the access
-tokens it issued (to the hub stand-in, twin/jupyterhub.py) and when each expires. Tokens of every kind
-expire (`set_lifetimes`); an expired one is unknown to Keystone, as `validate_token` makes it.
+expired one is refused 401 before Keystone sees it (twin/keycloak.py keeps Keycloak's side). Keystone's
+tokens expire (`set_lifetimes`); an expired one is unknown to Keystone, as `validate_token` makes it.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta
 
+from . import keycloak
 from .sites import keystone_site, sites_at
 from .web import Fault, Request, Service, reply
 
@@ -62,10 +62,9 @@ ROLES = [{"id": "member", "name": "member"}, {"id": "reader", "name": "reader"}]
 KNOWN_ROLES = ("admin", "member", "reader")  # keystone-manage bootstrap's roles (keystone/cmd/bootstrap.py)
 BLAZAR_USER = "blazar"  # Blazar's service user: the trustee of every lease's trust
 IDENTITY_PROVIDER, PROTOCOL = "chameleon", "openid"  # Chameleon's Keycloak, as its Keystones know it
-# How long tokens last unless a test asks otherwise. Keystone's own default is an hour ([token]
-# expiration); the twin's is a day, so a rehearsal never meets it. Keycloak's access tokens last 5
-# minutes by default ("Access Token Lifespan"), so the hub renews them during a session.
-LIFETIMES = {"keystone_token": 24 * 3600, "access_token": 300}
+# How long Keystone's tokens last unless a test asks otherwise. Keystone's own default is an hour ([token]
+# expiration); the twin's is a day, so a rehearsal never meets it (twin/keycloak.py: Keycloak's tokens).
+LIFETIMES = {"keystone_token": 24 * 3600}
 
 
 def forbidden(action: str) -> Fault:
@@ -91,13 +90,22 @@ def seed(world, project: str, user: str, password: str, credential_id: str, cred
                                credential_id=credential_id, secret=credential_secret)
 
 
-def set_lifetimes(world, keystone_token: float | None = None, access_token: float | None = None) -> None:
-    """How many seconds the tokens issued from now on last (Keystone's; Keycloak's access tokens)."""
+def add_project(world, user_name: str, project: str) -> dict:
+    """Another project the user is a member of (a student in a course's project and a research one)."""
+    user = next(u for u in world.data["users"].values() if u["name"] == user_name)
+    project_id = world.new_id().replace("-", "")
+    world.data["projects"][project_id] = {"id": project_id, "name": project, "domain_id": DOMAIN["id"],
+                                          "enabled": True, "description": f"{project} (twin)", "parent_id": DOMAIN["id"],
+                                          "is_domain": False, "tags": []}
+    user["projects"].append(project_id)
+    return world.data["projects"][project_id]
+
+
+def set_lifetimes(world, keystone_token: float | None = None) -> None:
+    """How many seconds the Keystone tokens issued from now on last (Keycloak's: keycloak.set_lifetimes)."""
     lifetimes = world.data.setdefault("lifetimes", dict(LIFETIMES))
     if keystone_token is not None:
         lifetimes["keystone_token"] = keystone_token
-    if access_token is not None:
-        lifetimes["access_token"] = access_token
 
 
 def lifetime(world, kind: str) -> float:
@@ -107,27 +115,6 @@ def lifetime(world, kind: str) -> float:
 def expired(token: dict, now: datetime) -> bool:
     """keystone/token/provider.py _is_valid_token: a token past its expiry is not found."""
     return datetime.strptime(token["expires_at"], TIME_FORMAT).replace(tzinfo=now.tzinfo) <= now
-
-
-# --- Keycloak's side of the federation route --------------------------------------------------------
-
-
-def issue_access_token(world, user_id: str) -> dict:
-    """A new access token for `user_id`, as Keycloak's token endpoint hands the hub one at sign-in and at
-    each refresh: `expires_at` in seconds since the epoch, as jupyterhub_chameleon stores it
-    (authenticator/keycloak.py: time.time() + expires_in)."""
-    token = "oidc-" + world.new_id().replace("-", "")
-    expires_at = world.now().timestamp() + lifetime(world, "access_token")
-    world.data.setdefault("access_tokens", {})[token] = {"user_id": user_id, "expires_at": expires_at}
-    return {"access_token": token, "expires_at": expires_at}
-
-
-def introspect(world, access_token: str) -> dict | None:
-    """The user an access token stands for, or None when Keycloak would call it inactive (unknown or expired)."""
-    known = world.data.get("access_tokens", {}).get(access_token)
-    if known is None or known["expires_at"] <= world.now().timestamp():
-        return None
-    return world.data["users"].get(known["user_id"])
 
 
 def add_application_credential(world, user_id: str, project_id: str, name: str, unrestricted: bool = False,
@@ -385,7 +372,7 @@ class Keystone(Service):
             raise Fault(404, f"Could not find federated protocol {protocol} for Identity Provider: {idp}.")
         bearer = request.headers.get("authorization", "")
         access_token = bearer[len("bearer "):].strip() if bearer.lower().startswith("bearer ") else ""
-        user = introspect(self.world, access_token) if access_token else None
+        user = keycloak.userinfo(self.world, access_token) if access_token else None
         if user is not None and self.world.take_fault("keystone-refuses"):
             user = None
         if user is None or not user.get("enabled", True):

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from chi_helpers import compose_file
 from chi_helpers.chameleon import node_setup, node_stack
 
 HOME = "/home/cc"
@@ -1148,13 +1149,15 @@ def tracking_stack(shell: Shell, match: re.Match) -> int:
                  if (condition or {}).get("condition") == "service_completed_successfully"}
     orphans = [name for name, service in services.items() if str(service.get("restart", "")) == "no" and name not in completed]
     try:
+        # MLflow with the Compose file's own options, filled in from the env file (allowed hosts, CORS origin,
+        # the auth app with the env file's admin account); artifacts on the node's disk, not in a bucket.
+        flags = [flag for flag in compose_file.mlflow_server_flags(compose.values, compose.path)
+                 if not flag.startswith("--artifacts-destination=")]
         local_stack.up(shell.node.stack_dir, host=shell.node.address, port=_mlflow_port(compose.spec),
-                       env={"MLFLOW_SERVER_ALLOWED_HOSTS": compose.values.get("MLFLOW_ALLOWED_HOSTS", ""),
-                            "MLFLOW_DISABLE_TELEMETRY": "true"},
-                       # The auth app when the Compose file runs it, with the env file's admin account.
+                       env={"MLFLOW_DISABLE_TELEMETRY": "true"}, flags=flags,
                        auth_file=compose.env_file if _signs_in(services) else None,
                        clock=_quiet_clock())
-    except local_stack.StackError as error:
+    except (local_stack.StackError, compose_file.ComposeFileError) as error:
         shell.warn(f"Error response from daemon: the twin's MLflow server did not start for {project}: {error}")
         return 1
     for name, service in services.items():
@@ -1410,6 +1413,21 @@ def _run_archive(shell: Shell, arguments, local: Path, rename: Callable[[str], s
     except Exception as error:  # anything else: Python's traceback and status
         shell.warn(rename("".join(traceback.format_exception(error))), end="")
         return 1
+    return 0
+
+
+@answers("ln -f", rf"ln -f (?P<source>{WORD}) (?P<target>{WORD})")
+def hard_link(shell: Shell, match: re.Match) -> int:
+    """coreutils' ln: a hard link, replacing the target (-f); the source must exist."""
+    source, target = shell.path(match["source"]), shell.path(match["target"])
+    if not source.exists():
+        shell.warn(f"ln: failed to access '{shell.expand(match['source'])}': No such file or directory")
+        return 1
+    if not target.parent.is_dir():
+        shell.warn(f"ln: failed to create hard link '{shell.expand(match['target'])}': No such file or directory")
+        return 1
+    target.unlink(missing_ok=True)
+    os.link(source, target)
     return 0
 
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
+CLOCK_FILE = "clock-offset"  # how far the twin's clock is ahead of this machine's, as libfaketime reads it
 FAULTS = (
     "lease-error", "server-error", "keystone-refuses", "ssh-drops", "host-taken",
     # Blazar's refusals as Chameleon's filters give them (twin/blazar.py)
@@ -29,10 +30,32 @@ FAULTS = (
 
 
 class Clock:
-    """Real time: the dates clients send are computed from this machine's clock, as on Chameleon."""
+    """Real time: the dates clients send are computed from this machine's clock, as on Chameleon.
+
+    `advance` moves it forward, for a test that compresses hours of a session into seconds (a student
+    back at the hub two hours later). A client's clock must move with it: `write_offset` keeps the
+    offset in a file in libfaketime's notation ("+7200"), which a kernel started with libfaketime
+    (FAKETIME_TIMESTAMP_FILE, FAKETIME_NO_CACHE) reads at every look at the time."""
+
+    def __init__(self, offset_file: Path | None = None):
+        self.offset = 0.0  # seconds ahead of this machine's clock
+        self.offset_file = offset_file
+        self.write_offset()
 
     def now(self) -> datetime:
-        return datetime.now(timezone.utc)
+        return datetime.now(timezone.utc) + timedelta(seconds=self.offset)
+
+    def advance(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("the twin's clock only moves forward")
+        self.offset += seconds
+        self.write_offset()
+
+    def write_offset(self) -> None:
+        if self.offset_file is not None:
+            temporary = self.offset_file.with_suffix(".tmp")
+            temporary.write_text(f"+{self.offset:.0f}\n")
+            os.replace(temporary, self.offset_file)  # a reader never sees half a number
 
 
 @dataclass
@@ -58,7 +81,8 @@ class World:
 
     def __post_init__(self):
         self.state_dir = Path(self.state_dir)
-        self.clock = Clock()
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        self.clock = Clock(self.state_dir / CLOCK_FILE)
         if self.end_speed is None:
             self.end_speed = self.speed
         for table in ("projects", "users", "application_credentials", "tokens", "hosts", "leases", "flavors",

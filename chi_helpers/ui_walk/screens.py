@@ -2,8 +2,10 @@
 
 The walk needs a server holding a real series' history. It takes the archive notebook 08 left in
 the local target's work folder (`make run` makes one; `--archive FILE` names another), starts a
-stack as the node runs it (sign-in, artifacts in an S3 bucket) with nothing in it, walks notebook
-04's first look, restores the archive into the running stack, and walks the rest.
+stack as the node runs it (the Compose file's MLflow options: sign-in, allowed hosts, CORS origin;
+artifacts in an S3 bucket) with nothing in it, walks notebook 04's first look, restores the archive
+into the running stack, and walks the rest. Chromium opens it where a student opens the node: at a
+public name (`NODE_NAME`, mapped onto the loopback listener inside the browser), not at localhost.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ TRAINING_SCRIPT = "train_mlflow.py"  # 05's runs; 06's come from the Lightning s
 REGISTERED_MODEL = "food11-staging"  # 07's model_name
 FIRST_AFTER_RESTORE = "05_track_pytorch"
 FAILURES_DIR = DEFAULT_WORKDIR / "walk-failures"  # the page when a step fails; never beside the figures
+NODE_NAME = "node.test"  # the node's public address as the browser knows it (RFC 6761: no DNS answers .test)
 
 
 class ScreensError(RuntimeError):
@@ -56,17 +59,20 @@ def seen_in(client) -> walk.Seen:
 
 @dataclass
 class Walkable:
-    """A stack the walk can sign in to; `between` restores the history before notebook 05's first step."""
+    """A stack the walk can sign in to; `between` restores the history before notebook 05's first step.
+    `hosts`: the names the browser maps onto this machine to reach `url`."""
     url: str
     credentials: dict
     seen: walk.Seen
     between: object
+    hosts: dict | None = None
 
 
 @contextmanager
 def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | None = None):
-    """A stack as the node runs it (sign-in, artifacts in an S3 bucket), empty until the walk reaches notebook
-    05, when `archive`'s history is restored into it, as 05-07 would have made it. Stopped on exit."""
+    """A stack as the node runs it (the Compose file's MLflow options for a node at `NODE_NAME`, artifacts
+    in an S3 bucket), empty until the walk reaches notebook 05, when `archive`'s history is restored into
+    it, as 05-07 would have made it. Stopped on exit."""
     from mlflow import MlflowClient
 
     from chi_helpers.archive import location, manifest, restore
@@ -79,7 +85,8 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
     restore.preflight(verified)  # a history this MLflow cannot load is refused before anything starts
     scratch = tempfile.TemporaryDirectory(prefix="ui-walk-") if state_dir is None else None
     state_dir = Path(scratch.name if scratch else state_dir)
-    stack = local_stack.up(state_dir, port=processes.free_port(), object_store=True, auth=True, clock=clock)
+    stack = local_stack.up(state_dir, port=processes.free_port(), object_store=True, public_address=NODE_NAME,
+                           clock=clock)
     try:
         sign_in = credentials.read(stack.auth_file)
         seen = walk.Seen("", "", "", [], "", "")
@@ -96,8 +103,9 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
             restored = True
             page.reload()  # as a student comes back to the UI after training: the lists load anew
 
-        yield Walkable(stack.url, {"username": sign_in["MLFLOW_TRACKING_USERNAME"],
-                                   "password": sign_in["MLFLOW_TRACKING_PASSWORD"]}, seen, between)
+        yield Walkable(stack.public_url, {"username": sign_in["MLFLOW_TRACKING_USERNAME"],
+                                          "password": sign_in["MLFLOW_TRACKING_PASSWORD"]}, seen, between,
+                       hosts={NODE_NAME: stack.host})
     finally:
         local_stack.down(state_dir, clock=clock)
         if scratch:
@@ -107,7 +115,7 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
 def walk_on(target: Walkable, binary: str, screens_dir: Path | None, failures_dir: Path, clock: Clock | None = None,
             walk_steps=None, prepare=None, timeout_ms: int = walk.TIMEOUT_MS) -> list[str]:
     """Walk `walk_steps` (the whole lesson by default) on `target` in the Chromium at `binary`."""
-    with browser.chromium(binary) as chromium:
+    with browser.chromium(binary, hosts=target.hosts) as chromium:
         return walk.perform(chromium, target.url, target.credentials, target.seen,
                             steps.WALK if walk_steps is None else walk_steps, screens_dir, failures_dir,
                             clock=clock, between=target.between, prepare=prepare, timeout_ms=timeout_ms)

@@ -38,5 +38,4 @@ def test_printed_ssh_commands_quote_the_remote_side_and_name_the_key():
     command = node_stack.password_command("129.114.0.9", "/home/jovyan/work/.ssh/id_rsa")
     assert command == ("ssh -i /home/jovyan/work/.ssh/id_rsa cc@129.114.0.9 "
                        "'grep MLFLOW_TRACKING_PASSWORD ~/mlflow-stack.env'")
-    tunnel = node_stack.ssh_tunnel("129.114.0.9", "/k/id rsa")
-    assert tunnel.startswith("ssh -i '/k/id rsa' -N -L 9001:127.0.0.1:9001") and tunnel.endswith("cc@129.114.0.9")
+    assert node_stack.ssh_command("129.114.0.9", "/k/id rsa", "ls ~") == "ssh -i '/k/id rsa' cc@129.114.0.9 'ls ~'"

@@ -29,6 +29,10 @@ from tracking_history import account, http_status
 
 PROJECT = "mlflow-ci-test"  # not the node's project name: a developer's own stack stays untouched
 MLFLOW = "http://127.0.0.1:8000"
+# The node's public address as the env file names it (TEST-NET-3, RFC 5737: reserved for examples). Nothing
+# is sent there: requests go to the published port on 127.0.0.1 and name it in Host and Origin, as a
+# browser that opened http://203.0.113.10:8000 would.
+PUBLIC = "203.0.113.10"
 MODEL = "food11-in-containers"  # registered by the restart test; the archive module makes it its champion
 STUDENT = ("student2", "a-long-enough-password-2")  # the second account, made by the restart test
 HERE = Path(__file__).resolve().parent
@@ -64,7 +68,7 @@ class SharedStack:
         # node's commands as the node's user, who must read the env file.
         self.folder = Path(tempfile.mkdtemp(prefix="tracking-stack-"))
         env_file = self.folder / "mlflow-stack.env"
-        credentials.write(env_file, "127.0.0.1")
+        credentials.write(env_file, PUBLIC)
         self.project = compose.Project(PROJECT, [compose.TRACKING_FILE, compose.CI_OVERRIDE], env_file)
         request.config.add_cleanup(self.stop)  # a session stopped early (-x, Ctrl-C) leaves nothing either
         try:
@@ -186,8 +190,8 @@ def test_only_mlflow_is_published_beyond_loopback(stack):
                  for c in project.containers()}
     assert published["postgres"] == set()
     everywhere = lambda port: {("0.0.0.0", port), ("::", port)}  # the engine binds IPv6 too where it has it
-    # MinIO, archived and unpatched: its API and console on loopback only (an SSH tunnel reaches them).
-    assert published["minio"] == {("127.0.0.1", 9000), ("127.0.0.1", 9001)}
+    # MinIO, archived and unpatched: its S3 API on loopback only, its console not published at all.
+    assert published["minio"] == {("127.0.0.1", 9000)}
     assert ("0.0.0.0", 8000) in published["mlflow"] and published["mlflow"] <= everywhere(8000)
     buckets = [b["Name"] for b in s3_client(values).list_buckets()["Buckets"]]
     assert buckets == ["mlflow-artifacts"]  # made by the one-shot service
@@ -201,6 +205,20 @@ def test_mlflow_refuses_without_sign_in(stack):
         assert get(MLFLOW + path) == 401, path
         assert get(MLFLOW + path, {**values, "MLFLOW_TRACKING_PASSWORD": "guess"}) == 401, path
         assert get(MLFLOW + path, values) == 200, path
+
+
+def ui_search(values: dict, address: str, origin: str | None = None) -> int:
+    """What the MLflow UI's runs table asks (a POST, with the page's Origin), from a browser that opened
+    http://<address>:8000."""
+    return http_status(f"{MLFLOW}/ajax-api/2.0/mlflow/runs/search", account(values), {"experiment_ids": ["0"]},
+                       {"Host": f"{address}:8000", "Origin": origin or f"http://{address}:8000"})
+
+
+def test_the_ui_at_the_nodes_address_may_search_runs_and_nothing_else_may(stack):
+    _, values = stack
+    assert ui_search(values, PUBLIC) == 200
+    assert ui_search(values, PUBLIC, origin="http://elsewhere.test") == 403  # another site's page
+    assert ui_search(values, "elsewhere.test") == 403  # a Host it was not told (DNS rebinding)
 
 
 def test_a_tracked_training_lands_in_postgres_and_the_bucket(signed_in, data_dir, tmp_path):
@@ -247,3 +265,15 @@ def test_down_then_up_keeps_runs_history_versions_accounts_and_artifacts(signed_
     assert after == before and before[1] == run_id and before[0]
     assert AuthServiceClient(MLFLOW).get_user(STUDENT[0]).username == STUDENT[0]
     assert get(f"{MLFLOW}/api/2.0/mlflow/experiments/search?max_results=1") == 401
+
+
+def test_a_new_address_is_followed_at_the_next_up(stack):
+    """A node that comes back with another floating IP: `credentials.py write --address NEW` (notebook 04's
+    first command) rewrites the address lines and keeps every secret, and `up` gives MLflow the new ones."""
+    project, before = stack
+    moved = "203.0.113.77"
+    values, created = credentials.write(project.env_file, moved)
+    assert not created and {k: v for k, v in values.items() if k not in credentials.ADDRESS_KEYS} == \
+        {k: v for k, v in before.items() if k not in credentials.ADDRESS_KEYS}
+    project.up()
+    assert ui_search(values, moved) == 200 and ui_search(values, PUBLIC) == 403

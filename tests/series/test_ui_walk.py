@@ -3,8 +3,11 @@
 The walk (`chi_helpers.ui_walk.steps`) quotes the lesson's words for each step and does what they say,
 by the labels they name. These tests check both ends: the quotes stand in the lesson, in its order, and
 the figures next to them (no browser needed); and the walk passes on the history of the real local
-series run (`series`, shared with test_series.py), signed in to a stack with the node's topology. A
-label the UI no longer has fails with the lesson's words and a screenshot.
+series run (`series`, shared with test_series.py), signed in to a stack with the node's topology and the
+Compose file's own MLflow options, opened where a student opens the node: at its public address (a name
+Chromium maps onto the loopback listener), not at localhost. A label the UI no longer has fails with the
+lesson's words and a screenshot; so does the runs table under the Compose file's options before the
+node's origin was among them.
 """
 
 from __future__ import annotations
@@ -15,9 +18,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from chi_helpers import compose_file
+from chi_helpers.local import processes
+from chi_helpers.local import stack as local_stack
 from chi_helpers.series import NOTEBOOKS, SOURCE_DIR
 from chi_helpers.ui_walk import figures, screens, steps, walk
 from chi_helpers.ui_walk.steps import WALK, Step, normalized, quote_problems
+from chi_helpers import credentials
 from tracking_history import SignedIn
 
 SOURCES = {entry.source.removesuffix(".md"): (SOURCE_DIR / entry.source).read_text() for entry in NOTEBOOKS}
@@ -95,6 +102,7 @@ def walked(chromium, series, tmp_path_factory):
 
 def test_the_walk_follows_the_lesson_on_a_series_history(walked):
     target, written, out = walked
+    assert target.url.startswith(f"http://{screens.NODE_NAME}:")  # the node's public address, not loopback
     assert written == [s.screen for s in WALK if s.screen]
     for name in written:
         path = figures.path_for(name, out / "screens")
@@ -106,9 +114,9 @@ def test_the_walk_follows_the_lesson_on_a_series_history(walked):
     assert target.seen.best_run and not (out / "failures").exists()
 
 
-def test_the_bucket_holds_what_notebook_04_says_its_console_shows(walked):
-    # MinIO's console cannot run here (no image, no package): its listing is the bucket's, read over S3 from the
-    # stand-in that holds the series' artifacts. "A folder per experiment, a folder per run inside, and the models."
+def test_the_bucket_holds_what_notebook_04_says(walked):
+    # "In the bucket, MLflow keeps a folder per experiment, a folder per run inside it, and a folder of logged
+    # models": read over S3 from the stand-in that holds the series' artifacts.
     from chi_helpers.local import object_store
 
     _, _, out = walked
@@ -145,3 +153,32 @@ def test_a_label_the_ui_no_longer_has_fails_with_the_lessons_words_and_a_screens
     assert "choose *Columns* and tick the parameter `lr`" in message and "does not offer it" in message
     picture = Path(message.rsplit("the page then: ", 1)[1].strip())
     assert picture.is_file() and picture.parent == out / "renamed"
+
+
+def test_the_runs_table_at_the_nodes_address_needs_the_nodes_origin(chromium, tmp_path):
+    """The Compose file's MLflow options before `--cors-allowed-origins` named the node: the UI loads (its GET
+    requests pass), but MLflow refuses the runs table's search (a POST from an origin that is not localhost),
+    so the run a student is told to open never appears. The same steps pass on today's file in the walk above."""
+    from mlflow import MlflowClient
+
+    port = processes.free_port()
+    before = [flag for flag in local_stack.node_flags(screens.NODE_NAME, port)
+              if not flag.startswith(("--cors-allowed-origins", "--artifacts-destination"))]
+    assert compose_file.flag_value(before, "--allowed-hosts")  # the Host check passes: only the origin is missing
+    stack = local_stack.up(tmp_path / "stack", port=port, flags=before)
+    try:
+        with screens._signed_in(credentials.read(stack.auth_file)):
+            client = MlflowClient(stack.url)
+            run = client.create_run(client.create_experiment(screens.EXPERIMENT), run_name="a-first-run")
+        seen = walk.Seen(screens.EXPERIMENT, "a-first-run", "a-first-run", ["a-first-run"], "", "")
+        sign_in = credentials.read(stack.auth_file)
+        target = screens.Walkable(stack.public_url, {"username": sign_in["MLFLOW_TRACKING_USERNAME"],
+                                                     "password": sign_in["MLFLOW_TRACKING_PASSWORD"]}, seen, None,
+                                  hosts={screens.NODE_NAME: stack.host})
+        upto = [s for s in WALK if s.run.__name__ in ("close_the_assistant", "pick_the_workflow", "watch_a_run")]
+        with pytest.raises(walk.WalkError) as failed:
+            screens.walk_on(target, chromium, None, tmp_path / "failures", walk_steps=upto, timeout_ms=5000)
+        assert "open the new run" in str(failed.value) and run.info.run_id
+        assert f"Blocked cross-origin request from {stack.public_url}" in Path(stack.log).read_text()  # MLflow refused it
+    finally:
+        local_stack.down(tmp_path / "stack")

@@ -7,6 +7,7 @@ import os
 
 import pytest
 
+import hub_standin
 from chi_helpers import network_guard as guard
 from chi_helpers.twin import control
 
@@ -93,3 +94,13 @@ def member_only_token(twin) -> str:
     answer = requests.post(f"{twin.url}/v3/auth/tokens", timeout=5, json={"auth": {"identity": {
         "methods": ["application_credential"], "application_credential": {"id": made["id"], "secret": made["secret"]}}}})
     return answer.headers["X-Subject-Token"]
+
+
+@pytest.fixture
+def faketime(twin, request) -> dict[str, str]:
+    """The environment of a process whose clock follows the twin's (libfaketime reading its offset file)."""
+    try:
+        return hub_standin.clock_environment(twin.world.clock.offset_file)
+    except hub_standin.Unavailable as why:
+        request.config.hub_tests_note = f"hub session tests: not run, {why}"
+        pytest.skip(str(why))

@@ -13,13 +13,14 @@ import os
 import subprocess
 import sys
 import textwrap
-from datetime import datetime, timedelta
+import time
+from datetime import timedelta
 
 import pytest
 
 from chi_helpers import network_guard
 from chi_helpers.series import REPO_ROOT
-from chi_helpers.twin import jupyterhub, keystone
+from chi_helpers.twin import keycloak, keystone
 
 FEDERATION_PATH = "/v3/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth"
 HUB_USER_PATH = "/hub/api/users/ci-user"
@@ -65,13 +66,22 @@ def requests_to(twin, method: str, path: str) -> list[str]:
 
 def test_the_twin_writes_the_environment_a_hub_kernel_has(twin):
     env = twin.hub_environment()
-    # jupyterhub_chameleon/authenticator/keycloak.py (the OS_* it puts in the spawner's environment) and
-    # spawner.py (NB_USER, the key pair); JupyterHub's spawner adds JUPYTERHUB_*.
+    # jupyterhub-chameleon authenticator/openstack_oauth.py `authenticate` (its openstack_rc, copied into the
+    # server's environment by pre_spawn_start) and the prod config (CHI@UC); JupyterHub adds JUPYTERHUB_*.
     assert env["OS_AUTH_TYPE"] == "v3oidcaccesstoken" and env["OS_IDENTITY_PROVIDER"] == "chameleon"
     assert env["OS_PROTOCOL"] == "openid" and env["OS_PROJECT_DOMAIN_NAME"] == "chameleon" and env["OS_ACCESS_TOKEN"]
+    assert env["OS_REGION_NAME"] == "CHI@UC" and env["OS_AUTH_URL"].endswith(":5000/v3")
+    assert env["OS_INTERFACE"] == "public" and env["OS_IDENTITY_API_VERSION"] == "3"
+    assert env["OS_PROJECT_NAME"] == "CHI-000000"  # the first (here the only) of the student's projects
     assert env["JUPYTERHUB_API_URL"] == f"{twin.url}/hub/api" and env["JUPYTERHUB_USER"] == env["NB_USER"]
     assert env["JUPYTERHUB_API_TOKEN"] and env[network_guard.VARIABLE] and env["CHI_RESOURCE_API_URL"]
-    assert not any(k.startswith(("OS_APPLICATION", "OS_PASSWORD", "OS_USERNAME", "OS_PROJECT_NAME")) for k in env)
+    assert not any(k.startswith(("OS_APPLICATION", "OS_PASSWORD", "OS_USERNAME")) for k in env)
+
+
+def test_the_hub_names_the_first_of_the_students_projects_by_name(twin):
+    keystone.add_project(twin.world, "ci-user", "CHI-190001")  # sorts after CHI-000000
+    keystone.add_project(twin.world, "ci-user", "CHI-000-AAA")  # ... this one before it
+    assert twin.hub_sign_in()["OS_PROJECT_NAME"] == "CHI-000-AAA"
 
 
 def test_a_hub_kernel_signs_in_through_the_federation_route_and_lists_leases(twin, chi):
@@ -93,30 +103,96 @@ def test_a_hub_kernel_signs_in_through_the_federation_route_and_lists_leases(twi
     assert signed_in[-1] == "token for ci-user in CHI-000000"  # then scoped, with the token method
 
 
-def test_python_chi_refreshes_an_expired_access_token_through_the_hub(twin):
-    # Access tokens last 3 s: python-chi (60 s ahead) and the hub (120 s ahead) renew one whenever it is
-    # needed. Keystone's tokens last 126 s: keystoneauth signs in again once fewer than 120 s are left,
-    # 6 s on; by then the first access token has expired, and Keystone refuses an expired one.
-    keystone.set_lifetimes(twin.world, access_token=3, keystone_token=126)
-    jupyterhub.log_in_again(twin.world, "ci-user")
-    done, said = hub_process(twin, """
-        said["first"] = time.time()
-        time.sleep(7)
-        said["again"] = len(lease.list_leases())
+def hub_user_model(twin) -> tuple[int, dict]:
+    """GET /hub/api/users/<name> with the server's token, as python-chi asks it."""
+    import requests
+
+    env = twin.hub_environment()
+    answer = requests.get(f"{env['JUPYTERHUB_API_URL']}/users/{env['JUPYTERHUB_USER']}", timeout=10,
+                          headers={"authorization": f"token {env['JUPYTERHUB_API_TOKEN']}"})
+    return answer.status_code, answer.json()
+
+
+def test_the_hub_renews_a_sign_in_hourly_and_the_renewed_state_has_no_expiry(twin):
+    status, first = hub_user_model(twin)
+    state = first["auth_state"]
+    assert status == 200 and {"expires_at", "refresh_expires_at", "openstack_rc"} <= set(state)
+    assert state["expires_at"] == keycloak.claims(state["access_token"])["exp"]
+    twin.pass_time(30 * 60, browser_every=None)
+    assert hub_user_model(twin)[1]["auth_state"] == state  # asking renews nothing before the hour is out
+    twin.pass_time(31 * 60, browser_every=None)  # an hour and a minute: the access token (an hour) has expired
+    status, renewed = hub_user_model(twin)
+    new = renewed["auth_state"]
+    # oauthenticator's build_auth_state_dict, and nothing of jupyterhub-chameleon's authenticate.
+    assert status == 200 and set(new) == {"access_token", "refresh_token", "id_token", "scope", "token_response",
+                                          "oauth_user"}
+    assert new["access_token"] != state["access_token"]  # by the refresh grant: the old one had expired
+    assert keycloak.userinfo(twin.world, new["access_token"]) and not keycloak.userinfo(twin.world, state["access_token"])
+
+
+def test_python_chi_fails_on_the_renewed_state_and_the_series_mends_it(twin, faketime):
+    """python-chi keeps the hub's `expires_at` and, after a renewal, None, and fails at its next look at the
+    token (chi/context.py: None - time.time()). A kernel that lives through two hours of a session signs in to
+    Keystone three times (its tokens last an hour here, as Keystone's default): the third look fails. The
+    series' sign-in reads the expiry from the token instead."""
+    keystone.set_lifetimes(twin.world, keystone_token=3600)
+    twin.hub_sign_in()
+    script = """
+        import os, requests
+        def an_hour_passes():
+            requests.post(f"{os.environ['CHI_RESOURCE_API_URL'][:-4]}/twin/clock", json={"advance": 3700}, timeout=60)
+        for hour in (1, 2):
+            an_hour_passes()
+            try:
+                said[f"hour {hour}"] = len(lease.list_leases())
+            except TypeError as error:
+                said[f"hour {hour}"] = f"TypeError: {error}"
         print(json.dumps(said))
-    """)
+    """
+    # The same, with python-chi's own refresh back in place after the sign-in.
+    raw = script.replace("import os, requests", "import os, requests, chi.jupyterhub as hub\n"
+                                                "        hub.refresh_access_token = hub.refresh_access_token.original")
+    assert raw != script
+    done, said = hub_process(twin, script, **faketime)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert said["again"] == 0 and said["plugin"] == "OidcAccessToken"
-    hub_calls = requests_to(twin, "GET", HUB_USER_PATH)
-    assert len(hub_calls) >= 2 and set(hub_calls) == {"200"}  # the second one: the refresh
-    sign_ins = requests_to(twin, "POST", FEDERATION_PATH)
-    assert len(sign_ins) >= 2 and set(sign_ins) == {"201"}  # never with an expired access token
-    first_token_expired = min(t["expires_at"] for t in twin.world.data["access_tokens"].values())
-    federated = [datetime.fromisoformat(e["at"]).timestamp() for e in twin.world.data["events"]
-                 if e["service"] == "keystone" and e["what"].startswith("federated token")]
-    assert federated[-1] > first_token_expired and federated[-1] > said["first"] + 6  # signed in again, later
-    assert "refreshed the access token of ci-user" in [e["what"] for e in twin.world.data["events"]
-                                                       if e["service"] == "jupyterhub"]
+    assert said["hour 1"] == 0 and said["hour 2"] == 0  # mended: the series' sign-in
+    assert "reads the expiry from the token" in done.stdout
+    assert requests_to(twin, "POST", FEDERATION_PATH).count("201") == 3
+
+    twin.hub_sign_in()
+    done, said = hub_process(twin, raw, **faketime)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert said["hour 1"] == 0  # the second sign-in stores the renewed state's None ...
+    assert str(said["hour 2"]).startswith("TypeError: unsupported operand type(s) for -: 'NoneType' and 'float'")
+
+
+def test_a_sign_in_the_hub_cannot_renew_any_more_says_to_log_in_again(twin):
+    """Once the refresh token has expired too, the hub's hourly renewal fails (oauthenticator refresh_user:
+    False) and JupyterHub answers 403 until the student logs in again."""
+    keycloak.set_lifetimes(twin.world, refresh_token=90 * 60)  # a session of 90 minutes, not Keycloak's 10 h
+    twin.hub_sign_in()
+    twin.pass_time(2 * 3600, browser_every=600)  # the renewal at 1 h works; the one at 2 h meets an expired refresh
+    status, body = hub_user_model(twin)
+    assert status == 403 and body == {"status": 403, "message": "Missing or invalid credentials."}
+    done, said = hub_process(twin, "print(json.dumps(said))")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "403" in said["refused"] and "Log out of the hub" in said["refused"]
+    assert "sign-in to the hub has run out" in said["refused"]
+    twin.hub_sign_in()
+    assert hub_user_model(twin)[0] == 200  # a new sign-in brings new tokens
+
+
+def test_an_expired_token_the_hub_still_hands_out_is_named_with_its_time(twin, faketime):
+    """Access tokens shorter than the hub's hour: between their end and the next renewal the hub hands out
+    the expired one, and Keystone refuses it."""
+    keycloak.set_lifetimes(twin.world, access_token=600)
+    twin.hub_sign_in()
+    twin.pass_time(20 * 60, browser_every=60)
+    done, said = hub_process(twin, "print(json.dumps(said))", **faketime)
+    assert done.returncode == 3, done.stderr[-3000:]
+    expired = time.strftime("%H:%M UTC", time.gmtime(twin.world.now().timestamp() - 10 * 60))
+    assert f"it expired at {expired}" in said["refused"] and "once an hour" in said["refused"]
+    assert requests_to(twin, "POST", FEDERATION_PATH)[-1] == "401"
 
 
 def test_a_wrong_hub_api_token_stops_at_verify_with_what_to_do(twin):

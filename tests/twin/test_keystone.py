@@ -184,15 +184,17 @@ def test_a_missing_or_unknown_access_token_is_refused_401(twin):
 
 
 def test_an_expired_access_token_is_refused_401(twin):
-    from chi_helpers.twin import jupyterhub, keystone
+    from chi_helpers.twin import keycloak
 
-    keystone.set_lifetimes(twin.world, access_token=1)
-    jupyterhub.log_in_again(twin.world, "ci-user")
+    keycloak.set_lifetimes(twin.world, access_token=60)
+    twin.hub_sign_in()
     token = access_token(twin)
-    time.sleep(1.2)
+    twin.pass_time(61, browser_every=None)
     answer = federated(twin, token)
     assert answer.status_code == 401 and 'error="invalid_token"' in answer.headers["WWW-Authenticate"]
-    assert federated(twin, access_token(twin)).status_code == 201  # the hub refreshed it: accepted
+    keycloak.set_lifetimes(twin.world, access_token=3600)
+    twin.pass_time(3600)  # the hub renews the sign-in within the hour: a new token, accepted
+    assert access_token(twin) != token and federated(twin, access_token(twin)).status_code == 201
 
 
 def test_an_unknown_identity_provider_or_protocol_is_not_found(twin):
