@@ -38,13 +38,14 @@ def free_bytes(folder: Path) -> int:
     return shutil.disk_usage(folder).free
 
 
-def copy_to_hub(connection, name: str, folder: str | Path, runs_only: bool, say=print) -> Path:
-    """The archive `name` of the node's ~/mlflow-archives, copied into `folder` over SFTP when it fits (see
-    the module's notes); `connection` is the node's Fabric connection (`my_server.ssh_connection()`)."""
+def copy_to_hub(connection, name: str, folder: str | Path, runs_only: bool, say=print, spare: int = SPARE_BYTES) -> Path:
+    """The archive `name` of the node's ~/mlflow-archives, copied into `folder` over SFTP when it fits with
+    `spare` bytes left (see the module's notes); `connection` is the node's Fabric connection
+    (`my_server.ssh_connection()`)."""
     folder, remote = Path(folder), node_stack.archive_path(name)
     size = connection.sftp().stat(remote).st_size
     free = free_bytes(folder)
-    if size + SPARE_BYTES > free:
+    if size + spare > free:
         raise NoRoom(_no_room(connection, name, size, free, runs_only, say))
     folder.mkdir(parents=True, exist_ok=True)
     kept, part = folder / name, folder / f"{name}.part"

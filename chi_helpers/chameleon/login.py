@@ -9,7 +9,7 @@ before that import (and python-chi's context is re-read if it was imported alrea
   token for one, so no project is set); otherwise the `project` parameter, the choice an earlier
   notebook kept (`CHOICE_FILE`), `OS_PROJECT_NAME`, or, when a person has the notebook open,
   python-chi's project widget. Chameleon's hub sets `OS_PROJECT_NAME` to the first of the student's
-  projects by name, whichever that is: `verify` lists the student's projects and says which one pays,
+  projects in alphabetical order, whichever that is: `verify` lists the student's projects and says which one pays,
   and before a lease is made (`new_lease`) it stops a student in several projects who has not chosen;
 - for the notebooks that make or reach the server, the key pair python-chi creates it with
   (`OS_KEYPAIR_PUBLIC_KEY`) and logs in with (`OS_KEYPAIR_PRIVATE_KEY`); the hub provides one.
@@ -51,7 +51,7 @@ from chi_helpers.chameleon import openstack_rc
 HUB_SESSION = "Chameleon's JupyterHub session"
 # Where a student's choice of project is kept for the other notebooks: at the top of their copy of the series.
 CHOICE_FILE = Path(__file__).resolve().parents[2] / "chameleon-project.txt"
-HUB_DEFAULT = "the hub's default: the first of your projects by name"
+HUB_DEFAULT = "the hub's default: the first of your projects in alphabetical order"
 # What restarting the Jupyter server does: the hub starts it again with a new API token and the OS_*
 # of the student's current sign-in.
 RESTART_HELP = ("restart your Jupyter server from the hub: File > Hub Control Panel > Stop My Server, then "
@@ -313,7 +313,7 @@ def _say_who_pays(project: str | None, projects: list[str], new_lease: bool) -> 
     if new_lease and source == HUB_DEFAULT:
         raise LoginError(
             f"you are a member of {len(projects)} projects ({', '.join(projects)}), and nobody chose one: the hub "
-            f"names {project}, the first by name, which is not always the course's. Nothing is reserved yet. Set "
+            f"names {project}, the first in alphabetical order, which is not always the course's. Nothing is reserved yet. Set "
             f"project = '{project}' (or '{others[0]}') in the parameters cell and run the notebook again; the other "
             f"notebooks use your choice (it is kept in {CHOICE_FILE.name}).")
 

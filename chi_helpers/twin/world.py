@@ -4,7 +4,9 @@ All services share one `World` and take its lock for every request, so a request
 state. Its clock is real time (clients compute lease dates from theirs, and Blazar refuses a start
 in the past), but waits are shortened: a lease made for the next full hour starts `speed` times
 sooner than its start date says (`reached`), so in a test it starts within seconds; its dates,
-and so the host's calendar, stay as asked. `end_speed` does the same for its end. `faults` holds one-shot failures asked for by a test or by
+and so the host's calendar, stay as asked. `end_speed` does the same for its end. A test may also
+move the clock forward (`Clock.advance`: hours of a hub session in a moment); clients that must agree
+follow it through the offset file `Clock` keeps. `faults` holds one-shot failures asked for by a test or by
 `twin fault ...`; each is used up by the first request it applies to.
 """
 

@@ -78,12 +78,13 @@ def is_loopback(url: str, hosts: dict[str, str] | None = None) -> bool:
 
 def resolver_rules(hosts: dict[str, str]) -> str:
     """Chromium's `--host-resolver-rules`: each name onto its loopback address, every other name onto
-    nothing (`~NOTFOUND`); the first matching rule wins, so the names come first."""
+    nothing (`~NOTFOUND`), loopback addresses as they are (the rules apply to IP literals too); the
+    first matching rule wins, so the names come first."""
     for name, address in hosts.items():
         if not name.endswith(".test") or not _is_loopback_address(address):
             raise ValueError(f"{name} -> {address}: a test's name ends in .test and maps onto a loopback address")
     return ", ".join([*(f"MAP {name} {address}" for name, address in hosts.items()), "MAP * ~NOTFOUND",
-                      "EXCLUDE localhost"])
+                      "EXCLUDE localhost", "EXCLUDE 127.*", "EXCLUDE [::1]"])
 
 
 @contextmanager

@@ -78,13 +78,6 @@ def experiment_runs(ui: UI) -> None:
 
 # --- 04: the first look, on a stack that holds no runs yet -----------------------------------------
 
-@step("04_stack", "The panel on the right, *MLflow Assistant*, needs a language model this stack does not have: "
-      "close it with the cross at its top.")
-def close_the_assistant(ui: UI):
-    ui.see("MLflow Assistant", exact=False)  # its title reads "MLflow Assistant Beta"
-    ui.page.get_by_role("button", name="Close", exact=True).filter(visible=True).first.click()
-
-
 @step("04_stack", "choose *Model training* (the other one, GenAI, hides the model registry). *Experiments* has one "
       "experiment, `Default`, with no runs yet.", screen="04-first-look")
 def pick_the_workflow(ui: UI):

@@ -1,22 +1,21 @@
-"""Where the student stands: a kernel like the one Chameleon's JupyterHub gives, in a fresh copy.
+"""A kernel like the one Chameleon's JupyterHub gives, in a fresh copy, for the notebooks' setup cells.
 
-The stand-in kernel's Python has only what the hub has (Jupyter's kernel, ipywidgets, python-chi
-with Chameleon's Blazar client): not this project, not MLflow, not PyTorch. It is registered as its
-own Jupyter kernel, and notebooks run in it from a copy of the repository's files, as Trovi's launch
-makes one: the local edition's hub-side notebooks, whose setup cell must make the helpers importable
-and install what the local target needs; and the chameleon ones, which sign in the hub's way (against
-the twin) or, without credentials, stop at their sign-in cell with what to set.
+The stand-in kernel's Python has only what the hub has (tests/hub_standin.py: Jupyter's kernel,
+ipywidgets, python-chi with Chameleon's Blazar client): not this project, not MLflow, not PyTorch. It is
+registered as its own Jupyter kernel, and notebooks run in it from a copy of the repository's files, as
+Trovi's launch makes one: the local edition's hub-side notebooks, whose setup cell must make the helpers
+importable and install what the local target needs; and a chameleon one, which without credentials stops
+at its sign-in cell with what to set. (The chameleon notebooks in a session as the hub runs it, within
+its limits, against the twin: test_hub_session.py.)
 
-The hub's base environment is built once and kept in ~/.cache/chi-series (about a minute the first
-time); each session works on a copy of it, so the notebooks' own installs are exercised every time.
-Every install comes from the wheels `make install` keeps in .venv/wheelhouse (tests/series/hub-kernel.txt),
-never from a package index, and the kernels run behind the network guard: a test sends nothing
-beyond this machine.
+Each session works on a copy of the hub's base environment, so the notebooks' own installs are
+exercised every time. Every install comes from the wheels `make install` keeps in .venv/wheelhouse,
+never from a package index, and the kernels run behind the network guard: a test sends nothing beyond
+this machine.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -28,41 +27,18 @@ import nbformat
 import papermill as pm
 import pytest
 
-from chi_helpers.kernel_setup import NEEDS, PROVIDERS
-from chi_helpers.twin import control
-from chi_helpers.local import processes
-from chi_helpers.series import LOCAL_BUILD, REPO_ROOT, notebooks_for
+import hub_standin
 from chi_helpers import network_guard as guard
+from chi_helpers.kernel_setup import NEEDS, PROVIDERS
+from chi_helpers.local import processes
+from chi_helpers.series import LOCAL_BUILD, notebooks_for
 
-# What Chameleon's JupyterHub kernel has (SPEC: "Chameleon's JupyterHub and Trovi").
-HUB_PACKAGES = ["python-chi==1.2.10", "chameleon-blazarclient==3.6.5", "ipykernel>=6.29", "ipywidgets>=8"]
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "chi-series"
+HUB_PACKAGES = hub_standin.HUB_PACKAGES
 KERNEL = "hub-standin"
 REQUIREMENTS = Path(__file__).with_name("hub-kernel.txt")
-WHEELHOUSE = Path(sys.prefix) / "wheelhouse"  # made by `make install` from REQUIREMENTS
-OFFLINE = ["--no-index", "--find-links", str(WHEELHOUSE)]
+WHEELHOUSE = hub_standin.WHEELHOUSE
 QUIET = "chi_helpers.series.quiet_kernel.QuietKernelManager"
 LOCAL_TESTBED = [entry for entry in notebooks_for("local") if entry.side == "testbed"]
-
-
-def base_environment() -> Path:
-    """The hub's packages in a virtual environment, built once per set of packages."""
-    if not WHEELHOUSE.is_dir():
-        pytest.fail(f"no wheels at {WHEELHOUSE}: run `make install` (it keeps the hub kernel's wheels there)")
-    key = hashlib.sha256(json.dumps([sys.version, HUB_PACKAGES]).encode()).hexdigest()[:12]
-    base = CACHE / f"hub-kernel-{key}"
-    if (base / ".complete").exists():
-        return base
-    building = CACHE / f"hub-kernel-{key}.building-{os.getpid()}"
-    shutil.rmtree(building, ignore_errors=True)
-    subprocess.run([sys.executable, "-m", "venv", str(building)], check=True)
-    subprocess.run([str(building / "bin" / "python"), "-m", "pip", "install", "--quiet", *OFFLINE, *HUB_PACKAGES],
-                   check=True, timeout=900)
-    (building / ".complete").touch()
-    shutil.rmtree(base, ignore_errors=True)
-    building.rename(base)
-    # A venv's scripts name its folder; `python -m ...` (all this test uses) does not care.
-    return base
 
 
 @pytest.fixture(scope="session")
@@ -70,7 +46,10 @@ def hub(tmp_path_factory):
     """(python, JUPYTER_PATH entry) of a fresh stand-in kernel, registered under the name KERNEL."""
     root = tmp_path_factory.mktemp("hub")
     venv = root / "venv"
-    shutil.copytree(base_environment(), venv, symlinks=True)
+    try:
+        shutil.copytree(hub_standin.base_environment(), venv, symlinks=True)
+    except hub_standin.Unavailable as why:
+        pytest.fail(str(why))
     python = venv / "bin" / "python"
     subprocess.run([str(python), "-m", "ipykernel", "install", "--prefix", str(root / "jupyter"), "--name", KERNEL],
                    check=True, capture_output=True)
@@ -80,14 +59,7 @@ def hub(tmp_path_factory):
 @pytest.fixture(scope="session")
 def fresh_copy(tmp_path_factory) -> Path:
     """The repository's files (tracked and new, not ignored) in a folder of their own, as Trovi checks out."""
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO_ROOT,
-                            capture_output=True, check=True).stdout.decode().split("\0")
-    copy = tmp_path_factory.mktemp("trovi") / "series"
-    for name in filter(None, listed):
-        if (REPO_ROOT / name).is_file():
-            (copy / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO_ROOT / name, copy / name)
-    return copy
+    return hub_standin.fresh_copy(tmp_path_factory.mktemp("trovi") / "series")
 
 
 @pytest.fixture
@@ -172,46 +144,3 @@ def test_a_chameleon_notebook_without_credentials_says_what_to_set(hub, hub_env,
     assert error.value.ename == "LoginError"
     assert "no Chameleon credentials" in error.value.evalue and "--rc-file" in error.value.evalue
     assert "login.use_project(" in failing_cell(tmp_path / "out.ipynb").source  # the sign-in cell
-
-
-@pytest.fixture
-def twin_hub(tmp_path, monkeypatch):
-    """The twin, and this process's environment as the hub gives a server (`twin-hub.env`): no RC file,
-    no credential; python-chi asks the hub stand-in for the student's access token."""
-    twin = control.start(tmp_path / "twin", speed=600, nodes=False)
-    for key, value in twin.hub_environment().items():
-        monkeypatch.setenv(key, value)
-    yield twin
-    twin.stop()
-
-
-def test_a_headless_hub_session_without_a_project_asks_for_one(hub, hub_env, twin_hub, fresh_copy, tmp_path):
-    # The hub's own sign-in, but nobody at the notebook to answer python-chi's project widget.
-    with pytest.raises(pm.PapermillExecutionError) as error:
-        run(fresh_copy, "notebooks/amd", "08_release.ipynb", tmp_path / "out.ipynb", {"user": "student1"})
-    assert error.value.ename == "LoginError" and "set project = 'CHI-123456'" in error.value.evalue
-
-
-def test_a_hub_kernel_signs_in_the_hubs_way_and_reserves(hub, hub_env, twin_hub, fresh_copy, tmp_path):
-    given = {"user": "student1", "project": "CHI-000000"}
-    run(fresh_copy, "notebooks/nvidia", "01_reserve.ipynb", tmp_path / "01.ipynb", given)
-    said = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "01.ipynb", 4).cells if c.cell_type == "code"
-                   for o in c.outputs)
-    assert "sign in: Chameleon's JupyterHub session" in said and "from Chameleon's JupyterHub" in said
-    leases = control.summary(twin_hub.world)["leases"]
-    assert [lease["name"] for lease in leases] == ["mlflow_student1"]
-
-    run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", given)
-    assert [lease["name"] for lease in control.summary(twin_hub.world)["leases"]] == ["mlflow_student1"]  # not yet
-    said = "".join(o.get("text", "") for c in nbformat.read(tmp_path / "08.ipynb", 4).cells if c.cell_type == "code"
-                   for o in c.outputs)
-    assert "no server node-mlflow-student1: nothing left to archive" in said  # a lease without a server
-    run(fresh_copy, "notebooks/nvidia", "08_release.ipynb", tmp_path / "08.ipynb", {**given, "delete_everything": True})
-    assert control.summary(twin_hub.world)["leases"] == []
-    # Every Keystone token came through the federation route: one sign-in per kernel, then its project.
-    log = (twin_hub.world.state_dir / "requests.log").read_text().splitlines()
-    assert log.count("POST /v3/OS-FEDERATION/identity_providers/chameleon/protocols/openid/auth 201") == 3
-    assert log.count("GET /hub/api/users/ci-user 200") == 3  # python-chi asked the hub, once per kernel
-    tokens = twin_hub.world.data["tokens"].values()
-    assert tokens and all(token["user"]["OS-FEDERATION"]["identity_provider"] == {"id": "chameleon"}
-                          for token in tokens)  # and none from a password or an application credential

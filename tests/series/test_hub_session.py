@@ -32,11 +32,14 @@ from papermill.parameterize import parameterize_notebook
 
 import hub_standin
 from chi_helpers import network_guard as guard
+from chi_helpers.series.quiet_kernel import QuietKernelManager
 from chi_helpers.twin import control, keystone
 from chi_helpers.twin import node_commands
 
 KERNEL = "hub-limited"
-VARIANT = "nvidia"
+QUIET = "chi_helpers.series.quiet_kernel.QuietKernelManager"
+VARIANT = "amd"  # gpu_mi100 and ROCm: the variant whose provisioning no other test runs (tests/twin/test_chameleon_series.py)
+NODE = "P3-GPU-010"
 USER = "student1"
 SAMPLE = {split: n * 11 for split, n in node_commands.SAMPLE_PER_CLASS.items()}  # the twin's small Food-11
 
@@ -92,7 +95,8 @@ class Hub:
     def run(self, notebook: str, out: Path, **parameters):
         with self.session():
             return pm.execute_notebook(str(self.folder / notebook), str(out), parameters=parameters,
-                                       cwd=str(self.folder), kernel_name=KERNEL, progress_bar=False)
+                                       cwd=str(self.folder), kernel_name=KERNEL, progress_bar=False,
+                                       kernel_manager_class=QUIET)
 
     def lease(self) -> dict:
         leases = [lease for lease in self.twin.world.data["leases"].values() if lease["name"] == f"mlflow_{USER}"]
@@ -121,7 +125,7 @@ class KeptOpen:
     def __init__(self, hub: Hub, notebook: str, **parameters):
         self.hub = hub
         self.nb = parameterize_notebook(load_notebook_node(str(hub.folder / notebook)), parameters)
-        self.client = NotebookClient(self.nb, kernel_name=KERNEL, timeout=900,
+        self.client = NotebookClient(self.nb, kernel_name=KERNEL, timeout=900, kernel_manager_class=QuietKernelManager,
                                      resources={"metadata": {"path": str(hub.folder)}})
 
     def __enter__(self):
@@ -159,7 +163,7 @@ def said(path: Path) -> str:
 
 def test_a_three_hour_session_runs_in_the_hubs_limits(hub, tmp_path):
     hub.run("00_introduction.ipynb", tmp_path / "00.ipynb")
-    with KeptOpen(hub, "01_reserve.ipynb", user=USER) as reserve:
+    with KeptOpen(hub, "01_reserve.ipynb", user=USER, node_name=NODE) as reserve:
         reserve.run_all()
         opened = datetime.now(timezone.utc)
         lease = hub.lease()
@@ -199,10 +203,21 @@ def test_a_three_hour_session_runs_in_the_hubs_limits(hub, tmp_path):
     assert refused.value.ename == "NoRoom" and "does not fit" in message and "MB free" in message
     assert "runs_only = True" in message and "(fits)" not in message  # 20 MB free: not even that fits
     assert "Download" in message and "Nothing was copied" in message
-    assert not any(archives.glob("*")) if archives.exists() else True  # no archive, no part of one
+    assert not archives.exists() or not any(archives.iterdir())  # no archive, no part of one
     [node] = hub.twin.nodes.nodes.values()
     assert list(node.path("~/mlflow-chi").glob("mlflow-history-*.tar")), "not linked where the node's Jupyter shows it"
     assert [lease["name"] for lease in control.summary(hub.twin.world)["leases"]] == [f"mlflow_{USER}"]  # nothing released
+
+    # A copy that runs out of room on the way (the volume filled after the check): nothing half-written is left.
+    from fabric import Connection
+
+    from chi_helpers.chameleon import hub_storage
+
+    node.path("~/mlflow-archives/mlflow-history-big.tar").write_bytes(os.urandom(30 * 10**6))
+    with Connection(node.address, user="cc", connect_kwargs={"key_filename": hub.environment["OS_KEYPAIR_PRIVATE_KEY"]}) \
+            as connection, pytest.raises(OSError, match="No space left"):
+        hub_storage.copy_to_hub(connection, "mlflow-history-big.tar", archives, runs_only=True, spare=-10**8)
+    assert not list(archives.glob("*"))
 
     filler.unlink()
     hub.run("08_release.ipynb", tmp_path / "08.ipynb", user=USER, delete_everything=True)

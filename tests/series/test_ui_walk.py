@@ -144,8 +144,7 @@ def test_a_label_the_ui_no_longer_has_fails_with_the_lessons_words_and_a_screens
             route.fulfill(response=answer, body=answer.text().replace('"Columns"', '"Fields"'))
         context.route(re.compile(r".*/static-files/static/js/.*\.js$"), renamed)
 
-    upto = [s for s in WALK if s.run.__name__ in ("close_the_assistant", "pick_the_workflow", "watch_a_run",
-                                                   "choose_columns")]
+    upto = [s for s in WALK if s.run.__name__ in ("pick_the_workflow", "watch_a_run", "choose_columns")]
     with pytest.raises(walk.WalkError) as failed:
         screens.walk_on(target, chromium, None, out / "renamed", walk_steps=upto, prepare=rename_columns,
                         timeout_ms=5000)
@@ -165,7 +164,7 @@ def test_the_runs_table_at_the_nodes_address_needs_the_nodes_origin(chromium, tm
     before = [flag for flag in local_stack.node_flags(screens.NODE_NAME, port)
               if not flag.startswith(("--cors-allowed-origins", "--artifacts-destination"))]
     assert compose_file.flag_value(before, "--allowed-hosts")  # the Host check passes: only the origin is missing
-    stack = local_stack.up(tmp_path / "stack", port=port, flags=before)
+    stack = local_stack.up(tmp_path / "stack", port=port, flags=before, public_address=screens.NODE_NAME)
     try:
         with screens._signed_in(credentials.read(stack.auth_file)):
             client = MlflowClient(stack.url)
@@ -175,7 +174,7 @@ def test_the_runs_table_at_the_nodes_address_needs_the_nodes_origin(chromium, tm
         target = screens.Walkable(stack.public_url, {"username": sign_in["MLFLOW_TRACKING_USERNAME"],
                                                      "password": sign_in["MLFLOW_TRACKING_PASSWORD"]}, seen, None,
                                   hosts={screens.NODE_NAME: stack.host})
-        upto = [s for s in WALK if s.run.__name__ in ("close_the_assistant", "pick_the_workflow", "watch_a_run")]
+        upto = [s for s in WALK if s.run.__name__ in ("pick_the_workflow", "watch_a_run")]
         with pytest.raises(walk.WalkError) as failed:
             screens.walk_on(target, chromium, None, tmp_path / "failures", walk_steps=upto, timeout_ms=5000)
         assert "open the new run" in str(failed.value) and run.info.run_id

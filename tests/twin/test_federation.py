@@ -84,6 +84,48 @@ def test_the_hub_names_the_first_of_the_students_projects_by_name(twin):
     assert twin.hub_sign_in()["OS_PROJECT_NAME"] == "CHI-000-AAA"
 
 
+# Notebook 01's sign-in cell, with the project of its parameters cell as the first argument.
+RESERVING = """
+    import json, sys
+    from chi import context
+    from chi_helpers.chameleon import login
+
+    context.use_site("CHI@TACC")
+    login.use_project(sys.argv[1])
+    try:
+        login.verify(new_lease=True)
+    except login.LoginError as error:
+        print(json.dumps({"refused": str(error)}))
+        sys.exit(3)
+    print(json.dumps({"project": context.get("project_name")}))
+"""
+
+
+def reserving_cell(twin, project: str) -> tuple[subprocess.CompletedProcess, dict]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("OS_", "JUPYTERHUB_", "CHI_"))}
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(RESERVING), project], cwd=REPO_ROOT, text=True,
+                          capture_output=True, timeout=120,
+                          env=network_guard.environment({**base, **twin.hub_environment()}))
+    return done, json.loads((done.stdout.strip().splitlines() or ["{}"])[-1])
+
+
+def test_a_student_in_two_projects_is_told_which_pays_and_chooses_before_any_lease(twin):
+    from chi_helpers.chameleon import login
+
+    keystone.add_project(twin.world, "ci-user", "CHI-190001")
+    assert twin.hub_sign_in()["OS_PROJECT_NAME"] == "CHI-000000"  # the hub's pick: the first by name
+    done, said = reserving_cell(twin, "")
+    assert done.returncode == 3, done.stderr[-3000:]
+    assert "member of 2 projects (CHI-000000, CHI-190001)" in said["refused"] and "Nothing is reserved" in said["refused"]
+    assert "project: CHI-000000 (the hub's default" in done.stdout  # what the hub would have charged, named
+    done, said = reserving_cell(twin, "CHI-190001")
+    assert done.returncode == 0 and said == {"project": "CHI-190001"}, done.stderr[-3000:]
+    assert "project CHI-190001 pays for what these notebooks reserve; your projects: CHI-000000, CHI-190001" in done.stdout
+    assert login.CHOICE_FILE.read_text().strip() == "CHI-190001"  # kept for the other notebooks
+    done, said = reserving_cell(twin, "")  # the next notebook, with its project left empty
+    assert said == {"project": "CHI-190001"} and f"your choice, kept in {login.CHOICE_FILE.name}" in done.stdout
+
+
 def test_a_hub_kernel_signs_in_through_the_federation_route_and_lists_leases(twin, chi):
     import chi.lease
 
