@@ -10,6 +10,7 @@ The folder shows the architecture:
 - `chameleon/`: the real testbed through python-chi: sign-in, lease, server, node, release, its runner;
 - `twin/`: a stand-in for Chameleon's services and the node, for tests and rehearsals;
 - `food11`, `credentials`: standard library only, run as plain files on the node;
+- `compose_file`: the node's Compose file as data (the MLflow options every stand-in of the node runs);
 - `bench`, `progress`, `cli`.
 
 Importing the package itself pulls in nothing beyond the standard library.

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 from PIL import Image
@@ -138,9 +139,13 @@ def test_a_label_the_ui_no_longer_has_fails_with_the_lessons_words_and_a_screens
     target, _, out = walked
 
     def rename_columns(context):
-        # The UI as a release that renamed the button: its bundle says "Fields" where it said "Columns".
+        # The UI as a release that renamed the button: its bundle says "Fields" where it said "Columns". The
+        # bundle is fetched by Playwright itself, outside the browser and its resolver: at the loopback
+        # address the public name stands for.
         def renamed(route):
-            answer = route.fetch()
+            parts = urlsplit(route.request.url)
+            local = parts._replace(netloc=f"{target.hosts[parts.hostname]}:{parts.port}").geturl()
+            answer = route.fetch(url=local)
             route.fulfill(response=answer, body=answer.text().replace('"Columns"', '"Fields"'))
         context.route(re.compile(r".*/static-files/static/js/.*\.js$"), renamed)
 

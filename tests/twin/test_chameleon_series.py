@@ -114,7 +114,7 @@ def run_on_node(state: Path, rc_file: str, notebook: str, out: Path, variant: st
 
     from chi_helpers.chameleon import node_stack, openstack_rc
 
-    [address] = [ip["address"] for ip in status(state)["floating_ips"]]
+    address = bound_address(state)
     key = openstack_rc.parse(Path(rc_file).read_text())["OS_KEYPAIR_PRIVATE_KEY"]
     with Connection(address, user="cc", connect_kwargs={"key_filename": key}) as connection:
         connection.run(node_stack.node_notebook_command(variant, notebook), hide=True, in_stream=False)
@@ -122,13 +122,20 @@ def run_on_node(state: Path, rc_file: str, notebook: str, out: Path, variant: st
     return said_in(out / notebook)
 
 
+def bound_address(state: Path) -> str:
+    """The one floating IP bound to a server (the twin's project also holds a classmate's unbound one)."""
+    [address] = [ip["address"] for ip in status(state)["floating_ips"] if ip["port_id"]]
+    return address
+
+
 def node_registry(state: Path) -> dict[str, str]:
     """{version: run id} of 07's registered model on the node's MLflow, signed in as the admin."""
     from mlflow import MlflowClient
 
-    [env_file] = Path(state).rglob("mlflow-stack.env")
+    # The node of this lease: the twin keeps the folders of deleted servers' nodes, for the record.
+    env_file = max(Path(state).rglob("mlflow-stack.env"), key=lambda path: path.stat().st_mtime)
     values = credentials.read(env_file)
-    [address] = [ip["address"] for ip in status(state)["floating_ips"]]
+    address = bound_address(state)
     saved = {key: os.environ.get(key) for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")}
     os.environ.update({key: values[key] for key in saved})
     try:
