@@ -1,21 +1,23 @@
 """The exercises' check cells: is the student's edit in the training script, and is it committed?
 
-Each exercise names one file, what makes it done (regular expressions on the file's text) and what to
-say for each piece that is missing. `check()` answers in one line when the edit is there and
-committed; otherwise it raises ExerciseNotDone saying what to do. With `apply_solution=True` a missing
-edit is replaced by the reference solution (`solutions/<exercise>/<file>` next to the scripts),
-committed, so a headless run of the series goes on as if the student had made it.
+Each exercise names one file, what makes it done (checks on the file's syntax tree, in
+exercise_checks.py) and what to say for each piece that is missing. `check()` answers in one line
+when the edit is there and committed; otherwise it raises ExerciseNotDone saying what to do. With
+`apply_solution=True` a missing edit is replaced by the reference solution
+(`solutions/<exercise>/<file>` next to the scripts), committed, so a headless run of the series goes
+on as if the student had made it.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+
+from chi_helpers import exercise_checks as checks
 
 
 class ExerciseNotDone(RuntimeError):
@@ -24,8 +26,8 @@ class ExerciseNotDone(RuntimeError):
 
 @dataclass(frozen=True)
 class Piece:
-    pattern: str  # searched in the file's text with re.MULTILINE
-    missing: str  # what to tell the student when it does not match
+    found: checks.Check  # True when this piece of the edit is in the parsed script
+    missing: str  # what to tell the student when it is not
 
 
 @dataclass(frozen=True)
@@ -36,32 +38,16 @@ class Exercise:
     solution_message: str  # the commit of the reference solution
 
 
-def _passes_workers(loader: str) -> str:
-    # The DataLoader(...) call assigned to `loader`, with num_workers=config["num_workers"] among its
-    # arguments; the arguments hold no parentheses in the shipped script.
-    return rf"\b{loader}\s*=\s*DataLoader\([^()]*\bnum_workers\s*=\s*config\[\s*[\"']num_workers[\"']\s*\]"
-
-
-RANK_ZERO = r"if\s+trainer\.(?:global_rank\s*==\s*0|is_global_zero)\s*:"
-
-
-def _under_rank_zero(call: str, after: str = "") -> str:
-    """`call` on a line of an `if trainer.global_rank == 0:` block (optionally one that follows `after`)."""
-    body = r"(?:(?P=indent)[ \t]+\S[^\n]*\n|[ \t]*\n)*?"  # lines indented deeper than the `if`, or blank
-    start = rf"{after}[\s\S]*?^" if after else "^"
-    return rf"{start}(?P<indent>[ \t]*){RANK_ZERO}[^\n]*\n{body}(?P=indent)[ \t]+{call}"
-
-
 RANK_CHECK = "`if trainer.global_rank == 0:`"
 RANK_PIECES = (
-    Piece(_under_rank_zero(r"mlflow\.pytorch\.autolog\("),
+    Piece(checks.only_rank_zero_calls("mlflow.pytorch.autolog"),
           f"mlflow.pytorch.autolog() is not inside {RANK_CHECK}: in the other processes autologging starts "
           "runs of its own"),
-    Piece(_under_rank_zero(r"mlflow\.start_run\("),
+    Piece(checks.only_rank_zero_calls("mlflow.start_run"),
           f"mlflow.start_run(...) is not inside {RANK_CHECK}: every process starts a run"),
-    Piece(_under_rank_zero(r"mlflow\.log_text\("),
+    Piece(checks.only_rank_zero_calls("mlflow.log_text"),
           f"mlflow.log_text(...) is not inside {RANK_CHECK}: with no run open it starts one"),
-    Piece(_under_rank_zero(r"mlflow\.end_run\(", after=r"trainer\.test\("),
+    Piece(checks.only_rank_zero_calls("mlflow.end_run", after="trainer.test"),
           f"the mlflow.end_run() after trainer.test(...) is not inside {RANK_CHECK}: the process that "
           "started the run ends it"),
 )
@@ -70,10 +56,10 @@ EXERCISES = {
     "num_workers": Exercise(
         file="food11_training.py",
         pieces=(
-            Piece(r"^\s*[\"']num_workers[\"']\s*:\s*[1-9][0-9]*\s*,", 'CONFIG has no "num_workers" greater than 0'),
-            Piece(_passes_workers("train_loader"),
+            Piece(checks.config_has_workers, 'CONFIG has no "num_workers" greater than 0'),
+            Piece(checks.loader_passes_workers("train_loader"),
                   'the training DataLoader does not pass num_workers=config["num_workers"]'),
-            Piece(_passes_workers("val_loader"),
+            Piece(checks.loader_passes_workers("val_loader"),
                   'the validation DataLoader does not pass num_workers=config["num_workers"]'),
         ),
         commit_message="Increase the number of data loader workers",
@@ -89,7 +75,7 @@ EXERCISES = {
         file="train_lightning_mlflow.py",
         pieces=(
             *RANK_PIECES,
-            Piece(_under_rank_zero(r"mlflow\.log_params\("),
+            Piece(checks.only_rank_zero_calls("mlflow.log_params"),
                   f"there is no mlflow.log_params(...) inside {RANK_CHECK}: the run holds only what autolog "
                   "sees (the optimizer, the epochs), not the photo and augmentation settings"),
         ),
@@ -103,8 +89,14 @@ FALLBACK_IDENTITY = ["-c", "user.name=Course solution", "-c", "user.email=soluti
 
 
 def missing_pieces(name: str, text: str) -> list[str]:
-    """What the exercise `name` still lacks in `text`, one sentence per piece (empty: done)."""
-    return [p.missing for p in _exercise(name).pieces if not re.search(p.pattern, text, re.MULTILINE)]
+    """What the exercise `name` still lacks in `text`, one sentence per piece (empty: done); a script
+    that does not compile gets one sentence naming the line."""
+    exercise = _exercise(name)
+    try:
+        tree = checks.parse(text, exercise.file)
+    except checks.DoesNotCompile as error:
+        return [str(error)]
+    return [p.missing for p in exercise.pieces if not p.found(tree)]
 
 
 def check(name: str, apply_solution: bool = False, scripts: str | Path = "..") -> str:

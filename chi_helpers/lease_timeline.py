@@ -46,7 +46,7 @@ def steps(profile: Variant) -> list[tuple[str, str, int]]:
         ("06", "again with another learning rate", profile.lightning_run_minutes),
         ("06", "compare the two in the UI", 5),
         ("07", "register, alias, load and predict", 2),
-        ("08", "release the lease", 1),
+        ("08", "save an archive of the history, then release the lease", 10),
     ]
 
 

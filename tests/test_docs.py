@@ -43,3 +43,24 @@ def test_the_figure_is_well_formed_svg():
 def test_the_readme_names_the_two_commands():
     readme = (REPO / "README.md").read_text()
     assert "make run" in readme and "make test" in readme
+
+
+def understanding_questions() -> list[tuple[str, str]]:
+    """(notebook, question) for each *Check your understanding* question in the notebooks' source."""
+    found = []
+    for source in sorted((REPO / "notebooks" / "source").glob("*.md")):
+        for block in re.findall(r"\*\*Check your understanding:\*\*(.*?)(?:\n\n|\Z)", source.read_text(), re.S):
+            text = " ".join(block.split())
+            found += [(source.stem, q.strip()) for q in re.findall(r"[^?]+\?", text)]
+    return found
+
+
+def test_every_check_your_understanding_question_has_its_answer_for_instructors():
+    def plain(text: str) -> str:  # emphasis and line breaks aside, as a reader sees it
+        return " ".join(text.replace("*", "").split()).lower()
+
+    answers = plain((REPO / "docs" / "instructors.md").read_text())
+    questions = understanding_questions()
+    assert len(questions) >= 20  # every notebook asks at least one; most ask two
+    unanswered = [f"{notebook}: {q}" for notebook, q in questions if plain(q) not in answers]
+    assert not unanswered, "docs/instructors.md has no answer quoting:\n" + "\n".join(unanswered)

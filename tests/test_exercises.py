@@ -210,8 +210,7 @@ def test_the_rank_check_solution_only_wraps_the_tracking_calls_in_the_rank_check
     moved = [line for line in added if line != "    if trainer.global_rank == 0:"]
     assert moved == ["    " + line for line in removed]  # the same calls, one level deeper
     assert [line.strip().split("(")[0] for line in removed] == [
-        "mlflow.set_experiment", "mlflow.pytorch.autolog", "mlflow.end_run", "mlflow.start_run", "mlflow.log_text",
-        "mlflow.end_run"]
+        "mlflow.set_experiment", "mlflow.pytorch.autolog", "mlflow.start_run", "mlflow.log_text", "mlflow.end_run"]
 
 
 def test_the_log_params_solution_is_the_rank_check_plus_one_log_params_call():
@@ -247,3 +246,142 @@ def test_scripts_outside_a_git_work_tree_are_refused(tmp_path, monkeypatch):
 def test_a_wrong_scripts_folder_says_what_it_must_name(scripts):
     with pytest.raises(FileNotFoundError, match="scripts= must name the folder that holds food11_training.py"):
         check("num_workers", scripts=".")
+
+
+# --- any valid form of the edit counts, and nothing less ---------------------------------------------
+# Each case is a list of (old, new) replacements on a file of the workspace; the checks read the
+# script's syntax tree, so spacing, quotes, a missing trailing comma or a variable make no difference.
+
+SHIPPED_WORKERS = WORKSPACE / "food11_training.py"
+SOLVED_WORKERS = WORKSPACE / "solutions" / "num_workers" / "food11_training.py"
+SHIPPED_LIGHTNING = WORKSPACE / "train_lightning_mlflow.py"
+SOLVED_RANK = WORKSPACE / "solutions" / "rank_check" / "train_lightning_mlflow.py"
+SOLVED_PARAMS = WORKSPACE / "solutions" / "log_params" / "train_lightning_mlflow.py"
+
+LAST_ENTRY = ('    "seed": 42,\n}', '    "seed": 42,\n    "num_workers": 8\n}')  # no trailing comma
+BOTH_LOADERS = [("        shuffle=True,\n", "        shuffle=True, num_workers=config['num_workers']\n"),
+                ("    val_loader = DataLoader(\n        val_set,\n",
+                 "    val_loader = DataLoader(\n        val_set,  num_workers = config.get('num_workers', 2),\n")]
+RANK_BLOCK = ("    mlflow.set_experiment(\"food11-classifier\")\n    mlflow.pytorch.autolog()\n"
+              "    mlflow.start_run(log_system_metrics=True)\n    mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n")
+
+
+def wrapped(condition: str, block: str = RANK_BLOCK) -> str:
+    return f"    {condition}\n" + "".join(f"    {line}\n" for line in block.splitlines())
+
+
+RIGHT = {
+    "num_workers": [
+        (SOLVED_WORKERS, []),
+        (SHIPPED_WORKERS, [LAST_ENTRY, *BOTH_LOADERS]),
+        (SHIPPED_WORKERS, [('    "seed": 42,\n', "    'seed': 42,\n    'num_workers' :4 ,\n"), *BOTH_LOADERS]),
+        (SOLVED_WORKERS, [('    "num_workers": 16,\n', '    "num_workers": WORKERS,\n'),
+                          ("SPLITS = [", "WORKERS = 6\nSPLITS = [")]),  # a constant of the module
+        (SOLVED_WORKERS, [('    "num_workers": 16,\n', '    "num_workers": os.cpu_count() or 1,\n')]),
+        (SOLVED_WORKERS, [("    train_loader = DataLoader(\n", "    workers = config[\"num_workers\"]\n"
+                           "    train_loader = DataLoader(\n"),
+                          ('        shuffle=True,\n        num_workers=config["num_workers"],',
+                           "        shuffle=True,\n        num_workers=workers,")]),
+    ],
+    "rank_check": [
+        (SOLVED_RANK, []),
+        (SOLVED_RANK, [("if trainer.global_rank == 0:", "if trainer.is_global_zero:", 2)]),
+        (SOLVED_RANK, [("if trainer.global_rank == 0:", "if 0 == trainer.global_rank:", 2)]),
+        (SOLVED_RANK, [("    trainer = make_trainer(config)\n",
+                        "    trainer = make_trainer(config)\n    rank = trainer.global_rank\n"),
+                       ("if trainer.global_rank == 0:", "if rank==0:", 2)]),
+        (SOLVED_RANK, [("if trainer.global_rank == 0:", "if trainer.global_rank == 0 and config[\"seed\"] is not None:", 2)]),
+        (SHIPPED_LIGHTNING, [(RANK_BLOCK, wrapped("if trainer.is_global_zero:")),
+                             ("    mlflow.end_run()\n", "    if trainer.is_global_zero: mlflow.end_run()\n")]),
+    ],
+    "log_params": [
+        (SOLVED_PARAMS, []),
+        (SOLVED_PARAMS, [("if trainer.global_rank == 0:", "if trainer.is_global_zero:", 2)]),
+        (SOLVED_RANK, [("    if trainer.global_rank == 0:\n        mlflow.end_run()\n",
+                        "    if trainer.global_rank == 0:\n        mlflow.log_params({'image_size': config['image_size']})\n"
+                        "        mlflow.end_run()\n")]),  # logged at the end: still the same run
+        (SOLVED_RANK, [("        mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n",
+                        "        mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n        settings = dict(image_size=config['image_size'])\n"
+                        "        mlflow.log_params(settings)\n")]),
+        (SOLVED_RANK, [("        mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n",
+                        "        mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n"
+                        "        mlflow.log_params(\n            {k: config[k] for k in ('image_size',)}\n        )\n")]),
+    ],
+}
+
+WRONG = {
+    "num_workers": [
+        (SHIPPED_WORKERS, [], NUM_WORKERS_MISSING),
+        (SHIPPED_WORKERS, [('    "seed": 42,\n', '    "seed": 42,\n    "num_workers": 0,\n'), *BOTH_LOADERS],
+         NUM_WORKERS_MISSING[:1]),
+        (SHIPPED_WORKERS, [('    "seed": 42,\n', '    "seed": 42,\n    "num_workers": -1,\n'), *BOTH_LOADERS],
+         NUM_WORKERS_MISSING[:1]),
+        (SOLVED_WORKERS, [('        shuffle=True,\n        num_workers=config["num_workers"],',
+                           "        shuffle=True,\n        num_workers=4,")],  # fixed, so --num_workers does nothing
+         NUM_WORKERS_MISSING[1:2]),
+        (SOLVED_WORKERS, [('    "num_workers": 16,\n', '    # "num_workers": 16,\n')], NUM_WORKERS_MISSING[:1]),
+        (SOLVED_WORKERS, [('    "num_workers": 16,\n', '    "num_workers": 16\n')],  # a comma short, mid-dict
+         ["food11_training.py does not compile: line"]),
+    ],
+    "rank_check": [
+        (SHIPPED_LIGHTNING, [], ["mlflow.pytorch.autolog()", "mlflow.start_run(...)", "mlflow.log_text(...)",
+                                 "the mlflow.end_run() after trainer.test(...)"]),
+        (SOLVED_RANK, [("if trainer.global_rank == 0:", "if trainer.global_rank == 1:", 2),
+                       ("    if trainer.global_rank == 1:\n        mlflow.end_run()", "    if trainer.global_rank == 0:\n        mlflow.end_run()")],
+         ["mlflow.pytorch.autolog()", "mlflow.start_run(...)", "mlflow.log_text(...)"]),
+        (SOLVED_RANK, [("    if trainer.global_rank == 0:\n        mlflow.end_run()\n", "    mlflow.end_run()\n")],
+         ["the mlflow.end_run() after trainer.test(...)"]),
+        (SOLVED_RANK, [("    if trainer.global_rank == 0:\n        mlflow.end_run()\n",
+                        "    if trainer.global_rank == 0:\n        pass\n    else:\n        mlflow.end_run()\n")],
+         ["the mlflow.end_run() after trainer.test(...)"]),
+        (SOLVED_RANK, [("        mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n",
+                        "        mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n    mlflow.start_run(nested=True)\n")],
+         ["mlflow.start_run(...)"]),  # a second start outside the check
+        (SOLVED_RANK, [("        mlflow.end_run()\n", "    mlflow.end_run()\n")],  # the block left empty
+         ["train_lightning_mlflow.py does not compile: line"]),
+    ],
+    "log_params": [
+        (SOLVED_RANK, [], ["there is no mlflow.log_params(...)"]),
+        (SOLVED_PARAMS, [("        mlflow.log_params({key", "    mlflow.log_params({key")],
+         ["there is no mlflow.log_params(...)"]),
+        (SOLVED_RANK, [("    trainer.fit(", "    if trainer.global_rank != 0:\n        mlflow.log_params({'a': 1})\n    trainer.fit(")],
+         ["there is no mlflow.log_params(...)"]),
+        (SHIPPED_LIGHTNING, [("    mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n",
+                              "    mlflow.log_text(gpu_info(), \"gpu-info.txt\")\n    mlflow.log_params({'a': 1})\n")],
+         ["mlflow.pytorch.autolog()", "mlflow.start_run(...)", "mlflow.log_text(...)",
+          "the mlflow.end_run() after trainer.test(...)", "there is no mlflow.log_params(...)"]),
+        (SOLVED_PARAMS, [("        ]})\n", "        ]}\n")], ["train_lightning_mlflow.py does not compile: line"]),
+    ],
+}
+
+
+def edited(path: Path, replacements) -> str:
+    text = path.read_text()
+    for old, new, *count in replacements:
+        assert text.count(old) == (count[0] if count else 1), old
+        text = text.replace(old, new)
+    return text
+
+
+@pytest.mark.parametrize("name,path,replacements", [(n, p, r) for n, cases in RIGHT.items() for p, r in cases],
+                         ids=[f"{n}-{i}" for n, cases in RIGHT.items() for i in range(len(cases))])
+def test_any_valid_form_of_the_edit_counts(name, path, replacements):
+    assert exercises.missing_pieces(name, edited(path, replacements)) == []
+
+
+@pytest.mark.parametrize("name,path,replacements,expected",
+                         [(n, p, r, e) for n, cases in WRONG.items() for p, r, e in cases],
+                         ids=[f"{n}-{i}" for n, cases in WRONG.items() for i in range(len(cases))])
+def test_a_wrong_or_broken_edit_names_each_missing_piece(name, path, replacements, expected):
+    missing = exercises.missing_pieces(name, edited(path, replacements))
+    assert len(missing) == len(expected) and all(m.startswith(e) for m, e in zip(missing, expected)), missing
+
+
+def test_a_script_that_does_not_compile_is_refused_with_its_line(scripts):
+    script = scripts / "food11_training.py"
+    edit(script, '    "seed": 42,\n', '    "seed": 42\n    "num_workers": 4,\n')
+    git(scripts, *STUDENT, "commit", "--quiet", "-am", "More workers")
+    with pytest.raises(ExerciseNotDone) as raised:
+        check("num_workers")
+    line = next(i for i, text in enumerate(script.read_text().splitlines(), 1) if '"seed": 42' in text)
+    assert f"food11_training.py does not compile: line {line}: invalid syntax. Perhaps you forgot a comma?" in str(raised.value)

@@ -37,7 +37,6 @@ def main(config: dict) -> None:
     check_data(config["data_dir"])
     # The server comes from MLFLOW_TRACKING_URI; the run records the config and the hardware.
     mlflow.set_experiment("food11-classifier")
-    mlflow.end_run()  # a run left open by an interrupted session would block start_run
     mlflow.start_run(log_system_metrics=True)
     mlflow.log_text(gpu_info(), "gpu-info.txt")
     mlflow.log_params(config)

@@ -125,16 +125,27 @@ def jupyter_url(listing: str, address: str, variant: str, notebook: str = "05_tr
     return None
 
 
+def executed_folder(variant: str) -> str:
+    """Where a headless run leaves the node-side notebooks' executed copies: a hidden folder at the top of
+    the checkout, which a student's file browser does not show."""
+    return f"{REMOTE_REPO}/.executed/{variant}"
+
+
 def executed_path(variant: str, notebook: str) -> str:
     """Where a node-side notebook's executed copy lands on the node."""
-    return f"{REMOTE_REPO}/workspace_mlflow/{variant}/executed/{notebook}"
+    return f"{executed_folder(variant)}/{notebook}"
+
+
+def executed_folder_command(variant: str) -> str:
+    """Makes the folder for the executed copies (papermill does not make its output's folder)."""
+    return f"mkdir -p {executed_folder(variant)}"
 
 
 def node_notebook_command(variant: str, notebook: str) -> str:
     """Runs a node-side notebook with papermill inside the Jupyter container, as a student would run it there;
     with nobody at the keyboard, its check cells make the students' edits (the reference solutions)."""
-    return (f"docker exec -w {CONTAINER_SERIES}/workspace_mlflow/{variant} jupyter papermill {notebook} executed/{notebook} "
-            "-p apply_solution True")
+    return (f"docker exec -w {CONTAINER_SERIES}/workspace_mlflow/{variant} jupyter papermill {notebook} "
+            f"../../.executed/{variant}/{notebook} -p apply_solution True")
 
 
 def stop_commands() -> list[str]:

@@ -10,6 +10,8 @@ A source (`notebooks/source/NN_name.md`) is Markdown:
   `::: local` only in that target's, and `::: chameleon amd` only where both hold;
 - `{{ key }}` is replaced by that field of the build's profile (`chi_helpers.variants`; the local build
   has `LOCAL`);
+- a line `{{ compose_service NAME }}` becomes that service of `docker/compose-tracking.yaml`, as the
+  file writes it, in a YAML block: the lesson shows the file the node runs, and cannot drift from it;
 - the setup cell (`SETUP_CELL`) is put right after the parameters cell of every notebook: it
   finds the copy of the series (or the installed package) and readies the kernel (`kernel_setup`), so
   a notebook opened where the package is not installed (Chameleon's JupyterHub) runs from its top.
@@ -36,6 +38,8 @@ SITE_DIR = REPO_ROOT / "site"
 FENCE = re.compile(r"^```python(?:\s+(?P<tags>[\w ,-]+))?\s*$")
 ONLY = re.compile(r"^:::\s+(?P<names>[\w ]+)$")
 SUBSTITUTION = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+COMPOSE_SERVICE = re.compile(r"^\{\{\s*compose_service\s+(?P<name>[\w-]+)\s*\}\}\s*$")
+COMPOSE_FILE = REPO_ROOT / "docker" / "compose-tracking.yaml"
 
 
 class SourceError(ValueError):
@@ -89,9 +93,30 @@ def _substitute(text: str, profile: dict, where: str) -> str:
     return SUBSTITUTION.sub(value, text)
 
 
+def compose_service(name: str, where: str = "<source>") -> list[str]:
+    """One service of the tracking stack's Compose file, its comments included, as a YAML block."""
+    lines = COMPOSE_FILE.read_text().splitlines()
+    if f"  {name}:" not in lines:
+        raise SourceError(f"{where}: docker/compose-tracking.yaml has no service {name!r}")
+    start = end = lines.index(f"  {name}:")
+    while end + 1 < len(lines) and (lines[end + 1].startswith("    ") or not lines[end + 1].strip()):
+        end += 1
+    while not lines[end].strip():
+        end -= 1
+    return ["```yaml", *(line[2:] for line in lines[start:end + 1]), "```"]
+
+
+def _expand(lines: list[str], where: str) -> list[str]:
+    expanded = []
+    for line in lines:
+        found = COMPOSE_SERVICE.match(line)
+        expanded += compose_service(found["name"], where) if found else [line]
+    return expanded
+
+
 def parse(text: str, variant: Variant, where: str = "<source>", target: str = "chameleon") -> list[Cell]:
     """The cells of one source, for one variant on one target (the local build: `LOCAL` on "local")."""
-    lines = _select(text.splitlines(), variant.name, target, where)
+    lines = _expand(_select(text.splitlines(), variant.name, target, where), where)
     cells: list[Cell] = []
     markdown: list[str] = []
     code: list[str] | None = None
@@ -332,19 +357,7 @@ def expected_files() -> dict[Path, str]:
     pages[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
     files.update(share_styles(pages))
     files[START_HERE] = notebook_text(start_here_notebook())
-    for variant in VARIANTS:
-        # papermill does not make its output's folder: the node-side runs write here, so it ships.
-        files[REPO_ROOT / "workspace_mlflow" / variant / "executed" / "README.md"] = EXECUTED_README
     return files
-
-
-EXECUTED_README = """\
-# Executed notebooks
-
-A headless run on the node (`python -m chi_helpers run --target chameleon ...`) has papermill write
-the executed copies of this folder's notebooks here, and fetches them into its report. The folder
-ships with the series because papermill does not create its output folder.
-"""
 
 
 def stale_outputs(files: dict[Path, str]) -> list[Path]:

@@ -12,7 +12,11 @@ import nbformat
 import papermill as pm
 import pytest
 
+from mlflow import MlflowClient
+
 from chi_helpers import exercises
+from chi_helpers.local import processes
+from chi_helpers.local import stack as local_stack
 from chi_helpers.local.run import fresh_workspace
 
 TINY = {"image_size": 32, "initial_epochs": 0, "total_epochs": 1, "pretrained": False}
@@ -60,3 +64,43 @@ def test_notebook_06_stops_at_the_missing_rank_check(copy, tmp_path):
     assert error.value.ename == "ExerciseNotDone"
     assert "mlflow.start_run(...) is not inside `if trainer.global_rank == 0:`" in error.value.evalue
     assert 'exercises.check("rank_check", apply_solution)' in failed_cell(tmp_path / "06.ipynb").source
+
+
+# --- a notebook run before the one it needs says which to run --------------------------------------
+
+def test_notebook_06_without_05s_edit_says_to_finish_05_before_any_training(copy, tmp_path):
+    # The local build passes --num_workers, which food11_training.py only knows once 05's edit is in.
+    with pytest.raises(pm.PapermillExecutionError) as error:
+        run(copy, "06_lightning.ipynb", tmp_path / "06.ipynb", untracked_minutes=0.1, every_rank_minutes=1)
+    assert error.value.ename == "AssertionError"
+    assert "notebook 05's exercise (DataLoader workers)" in error.value.evalue
+    assert "Finish notebook 05 first" in error.value.evalue
+    cells = [c for c in nbformat.read(tmp_path / "06.ipynb", 4).cells if c.cell_type == "code"]
+    stopped = cells.index(failed_cell(tmp_path / "06.ipynb"))
+    assert 'missing_pieces("num_workers"' in cells[stopped].source
+    first_training = next(i for i, c in enumerate(cells) if "train_lightning.py" in c.source)
+    assert stopped < first_training  # stopped before any training started
+
+
+def test_notebook_07_on_a_server_without_runs_says_to_run_05(tmp_path, data_dir, monkeypatch):
+    state_dir = tmp_path / "empty-stack"
+    stack = local_stack.up(state_dir, port=processes.free_port())
+    try:
+        monkeypatch.setenv("MLFLOW_TRACKING_URI", stack.url)
+        monkeypatch.setenv("FOOD11_DATA_DIR", str(data_dir))
+        copy = fresh_workspace(tmp_path / "work")
+        with pytest.raises(pm.PapermillExecutionError) as error:
+            run(copy, "07_registry.ipynb", tmp_path / "07.ipynb")
+        assert error.value.ename == "AssertionError"
+        assert "no experiment food11-classifier yet: run notebook 05 first" in error.value.evalue
+
+        # The experiment with only a run that never finished: still nothing to register.
+        client = MlflowClient(stack.url)
+        experiment_id = client.create_experiment("food11-classifier")
+        client.create_run(experiment_id)
+        with pytest.raises(pm.PapermillExecutionError) as error:
+            run(copy, "07_registry.ipynb", tmp_path / "07-again.ipynb")
+        assert "has no finished run yet: run notebook 05 (and 06) to the end first" in error.value.evalue
+        assert client.search_registered_models() == []
+    finally:
+        local_stack.down(state_dir)

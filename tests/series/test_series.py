@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 import papermill as pm
 import pytest
+import yaml
 
 from chi_helpers.series import build
 from chi_helpers.local import stack as local_stack
@@ -161,6 +162,7 @@ def test_pages_share_one_stylesheet():
     ("::: nvidia\n::: amd\n:::\n:::\n", "inside another"),
     (":::\n", "closes nothing"),
     ("Hello {{ nonsense }}\n", "{{ nonsense }} is not a field"),
+    ("{{ compose_service redis }}\n", "docker/compose-tracking.yaml has no service 'redis'"),
 ])
 def test_source_mistakes_are_named(source, message):
     with pytest.raises(build.SourceError) as error:
@@ -174,6 +176,18 @@ def test_parse_keeps_display_fences_as_markdown_and_tags_parameters():
     assert [c.kind for c in cells] == ["markdown", "code", "markdown"]
     assert "```bash" in cells[0].text and cells[1].tags == ("parameters",)
     assert cells[2].text == "after CHI@TACC"
+
+
+def test_notebook_04_shows_every_service_of_the_compose_file_as_the_file_writes_it():
+    compose = yaml.safe_load(build.COMPOSE_FILE.read_text())["services"]
+    text = "\n".join(c.source for c in cells_of(next(e for e in NOTEBOOKS if e.source.startswith("04")), "nvidia"))
+    shown = re.findall(r"^```yaml\n(.*?)^```$", text, re.S | re.M)
+    assert sorted(next(iter(yaml.safe_load(block))) for block in shown) == sorted(compose)  # each, once
+    for block in shown:
+        name, service = next(iter(yaml.safe_load(block).items()))
+        assert service == compose[name]
+        assert "\n".join("  " + line if line else line for line in block.rstrip("\n").splitlines()) in \
+            build.COMPOSE_FILE.read_text()  # its comments too: the file's own lines
 
 
 def test_blocks_select_by_variant_and_target_and_a_rule_splits_markdown():

@@ -24,7 +24,6 @@ def main(config: dict) -> None:
     if trainer.global_rank == 0:
         mlflow.set_experiment("food11-classifier")
         mlflow.pytorch.autolog()
-        mlflow.end_run()  # a run left open by an interrupted session would block start_run
         mlflow.start_run(log_system_metrics=True)
         mlflow.log_text(gpu_info(), "gpu-info.txt")
 
