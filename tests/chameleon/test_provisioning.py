@@ -173,8 +173,8 @@ def test_dry_run_prints_the_whole_plan_for_each_variant(variant, expected):
     positions = [out.index(f"[{s}:") for s in sections]
     assert positions == sorted(positions)
     for text in ("server.Server('node-mlflow-abc123'", "credentials.py write ~/mlflow-stack.env",
-                 "mkdir -p ~/mlflow-chi/.executed/nvidia",
-                 "jupyter papermill 06_lightning.ipynb ../../.executed/nvidia/06_lightning.ipynb -p apply_solution True",
+                 f"mkdir -p ~/mlflow-chi/.executed/{variant}",
+                 f"jupyter papermill 06_lightning.ipynb ../../.executed/{variant}/06_lightning.ipynb -p apply_solution True",
                  "server.delete_server", "deallocate_floating_ip", "lease.get_lease('mlflow_abc123').delete()"):
         assert text in out, text
     assert "none made" in out
