@@ -95,13 +95,24 @@ def history(client) -> dict:
     return {"experiments": experiments, "runs": runs, "versions": versions, "aliases": aliases, "models": models}
 
 
+WORKSPACE = Path(__file__).resolve().parent.parent / "workspace_mlflow"
+
+
 def champion_predicts(url: str, name: str, inputs) -> list[int]:
-    """The classes `models:/<name>@champion` predicts for `inputs`, loaded as a deployment job would."""
+    """The classes `models:/<name>@champion` predicts for `inputs`, loaded as a deployment job would:
+    with the training scripts importable, since a Lightning model is pickled with its module's class
+    (notebook 07 does the same). Which run is the champion depends on the training's luck."""
+    import sys
+
     import mlflow
     import torch
 
-    with tracking_uri(url):
-        model = mlflow.pytorch.load_model(f"models:/{name}@champion", map_location="cpu")
+    sys.path.insert(0, str(WORKSPACE))
+    try:
+        with tracking_uri(url):
+            model = mlflow.pytorch.load_model(f"models:/{name}@champion", map_location="cpu")
+    finally:
+        sys.path.remove(str(WORKSPACE))
     model.eval()
     with torch.no_grad():
         return model(inputs).argmax(dim=1).tolist()
