@@ -125,10 +125,12 @@ def jupyter_url(listing: str, address: str, variant: str, notebook: str = "05_tr
     return None
 
 
+EXECUTED = ".executed"  # at the top of the checkout: hidden, so a student's file browser does not show it
+
+
 def executed_folder(variant: str) -> str:
-    """Where a headless run leaves the node-side notebooks' executed copies: a hidden folder at the top of
-    the checkout, which a student's file browser does not show."""
-    return f"{REMOTE_REPO}/.executed/{variant}"
+    """Where a headless run leaves the node-side notebooks' executed copies."""
+    return f"{REMOTE_REPO}/{EXECUTED}/{variant}"
 
 
 def executed_path(variant: str, notebook: str) -> str:
@@ -145,7 +147,12 @@ def node_notebook_command(variant: str, notebook: str) -> str:
     """Runs a node-side notebook with papermill inside the Jupyter container, as a student would run it there;
     with nobody at the keyboard, its check cells make the students' edits (the reference solutions)."""
     return (f"docker exec -w {CONTAINER_SERIES}/workspace_mlflow/{variant} jupyter papermill {notebook} "
-            f"../../.executed/{variant}/{notebook} -p apply_solution True")
+            f"../../{EXECUTED}/{variant}/{notebook} -p apply_solution True")
+
+
+def node_notebook_commands(variant: str, notebook: str) -> list[str]:
+    """A headless run of a node-side notebook, in order: its output's folder, then the notebook."""
+    return [executed_folder_command(variant), node_notebook_command(variant, notebook)]
 
 
 def stop_commands() -> list[str]:

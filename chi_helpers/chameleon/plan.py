@@ -86,8 +86,7 @@ def plan(profile: Variant, lease_name: str, node_name: str | None, project: str,
         if entry.side != "node":
             continue
         notebook = entry.name.removesuffix(".ipynb")
-        add(notebook, "node", node_stack.executed_folder_command(profile.name),
-            node_stack.node_notebook_command(profile.name, entry.name))
+        add(notebook, "node", *node_stack.node_notebook_commands(profile.name, entry.name))
         add(notebook, "here", f"download {node_stack.executed_path(profile.name, entry.name)} into the report")
 
     add("08_release", "python-chi", *context)

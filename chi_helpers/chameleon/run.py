@@ -63,8 +63,8 @@ def run_node_notebook(node, variant: str, notebook: str, out_dir: Path) -> Noteb
     result = NotebookResult(notebook, "node", output=str(out_dir / notebook))
     start = time.monotonic()
     try:
-        node.execute(node_stack.executed_folder_command(variant))
-        node.execute(node_stack.node_notebook_command(variant, notebook))
+        for command in node_stack.node_notebook_commands(variant, notebook):
+            node.execute(command)
         result.status = "passed"
     except UnexpectedExit as failure:
         result.status = "failed"

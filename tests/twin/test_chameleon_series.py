@@ -117,8 +117,8 @@ def run_on_node(state: Path, rc_file: str, notebook: str, out: Path, variant: st
     address = bound_address(state)
     key = openstack_rc.parse(Path(rc_file).read_text())["OS_KEYPAIR_PRIVATE_KEY"]
     with Connection(address, user="cc", connect_kwargs={"key_filename": key}) as connection:
-        connection.run(node_stack.executed_folder_command(variant), hide=True, in_stream=False)
-        connection.run(node_stack.node_notebook_command(variant, notebook), hide=True, in_stream=False)
+        for command in node_stack.node_notebook_commands(variant, notebook):
+            connection.run(command, hide=True, in_stream=False)
         connection.get(node_stack.executed_path(variant, notebook).replace("~/", ""), str(out / notebook))
     return said_in(out / notebook)
 
