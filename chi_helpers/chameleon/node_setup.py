@@ -33,6 +33,7 @@ def piped(command: str) -> str:
 
 @dataclass(frozen=True)
 class Step:
+    name: str  # what notebook 02's source calls it: `{{ node_command NAME }}`
     title: str
     command: str
     upload: str | None = None  # a local file sent to BUNDLE before the command runs
@@ -47,12 +48,12 @@ def materials(repo: str | None = None, ref: str = "main", archive: str | None = 
     identity = f"{git} " + GIT_IDENTITY.format(repo=REMOTE_REPO)
     if repo:
         return [Step(
-            f"this series' files at {REMOTE_REPO}, from {repo} at {ref}",
+            "series_from_repo", f"this series' files at {REMOTE_REPO}, from {repo} at {ref}",
             f"test -d {REMOTE_REPO}/.git || git clone {repo} {REMOTE_REPO}; "
             f"{git} fetch --depth 1 origin {ref} && {git} checkout --force FETCH_HEAD && {identity}",
         )]
     return [Step(
-        f"this series' files at {REMOTE_REPO}, a git checkout of the uploaded copy",
+        "series_from_bundle", f"this series' files at {REMOTE_REPO}, a git checkout of the uploaded copy",
         # A bundle of HEAD clones detached: a branch to commit on, and a name for those commits.
         f"test -d {REMOTE_REPO}/.git || {{ git clone --quiet {BUNDLE} {REMOTE_REPO} && {git} switch --quiet -c series "
         f"&& {identity}; }}; "
@@ -91,36 +92,38 @@ def pack_snapshot(path: str, root: str | Path, message: str = "the series as cop
 
 
 DOCKER = [
-    Step("apt waits for the package lock (unattended-upgrades holds it after boot)",
+    Step("apt_lock", "apt waits for the package lock (unattended-upgrades holds it after boot)",
          f"echo 'DPkg::Lock::Timeout \"600\";' | sudo tee {APT_LOCK_CONF} >/dev/null"),
-    Step("Docker", piped("command -v docker >/dev/null || curl -fsSL https://get.docker.com/ | sudo sh")),
-    Step("you in the docker group", "sudo groupadd -f docker && sudo usermod -aG docker $USER"),
+    Step("docker", "Docker", piped("command -v docker >/dev/null || curl -fsSL https://get.docker.com/ | sudo sh")),
+    Step("docker_group", "you in the docker group", "sudo groupadd -f docker && sudo usermod -aG docker $USER"),
 ]
 
 NVIDIA = [
-    Step("the NVIDIA container toolkit's package signing key",
+    Step("nvidia_key", "the NVIDIA container toolkit's package signing key",
          piped(f"curl -fsSL https://nvidia.github.io/libnvidia-container/gpgkey | sudo gpg --batch --yes --dearmor -o {NVIDIA_KEYRING}")),
-    Step("the NVIDIA container toolkit's apt repository",
+    Step("nvidia_repository", "the NVIDIA container toolkit's apt repository",
          piped("curl -fsSL https://nvidia.github.io/libnvidia-container/stable/deb/nvidia-container-toolkit.list | "
                f"sed 's#deb https://#deb [signed-by={NVIDIA_KEYRING}] https://#g' | "
                "sudo tee /etc/apt/sources.list.d/nvidia-container-toolkit.list >/dev/null")),
-    Step("the toolkit, jq and nvtop", "sudo apt-get update -q && sudo apt-get install -yq nvidia-container-toolkit jq nvtop"),
-    Step("Docker's NVIDIA runtime", "sudo nvidia-ctk runtime configure --runtime=docker"),
+    Step("nvidia_toolkit", "the toolkit, jq and nvtop", "sudo apt-get update -q && sudo apt-get install -yq nvidia-container-toolkit jq nvtop"),
+    Step("nvidia_runtime", "Docker's NVIDIA runtime", "sudo nvidia-ctk runtime configure --runtime=docker"),
     # A known toolkit issue: with the systemd cgroup driver, containers lose their GPUs after a while.
-    Step("Docker's cgroupfs driver",
-         "sudo sh -c 'jq \". + {\\\"exec-opts\\\": [\\\"native.cgroupdriver=cgroupfs\\\"]}\" /etc/docker/daemon.json "
-         "> /etc/docker/daemon.json.new && mv /etc/docker/daemon.json.new /etc/docker/daemon.json'"),
-    Step("Docker restarted with both", "sudo systemctl restart docker"),
-    Step("the GPUs, as the host sees them", "nvidia-smi"),
+    # jq writes the merged file beside the old one, and only a whole new file replaces it.
+    Step("cgroupfs", "Docker's cgroupfs driver",
+         piped("""sudo jq '. + {"exec-opts": ["native.cgroupdriver=cgroupfs"]}' /etc/docker/daemon.json """
+               "| sudo tee /etc/docker/daemon.json.new >/dev/null "
+               "&& sudo mv /etc/docker/daemon.json.new /etc/docker/daemon.json")),
+    Step("docker_restart", "Docker restarted with both", "sudo systemctl restart docker"),
+    Step("gpus", "the GPUs, as the host sees them", "nvidia-smi"),
 ]
 
 AMD = [
-    Step("what nvtop needs to build", "sudo apt-get update -q && sudo apt-get install -yq cmake g++ git libncurses-dev libdrm-dev libsystemd-dev"),
-    Step("nvtop with AMD support",
+    Step("nvtop_build_tools", "what nvtop needs to build", "sudo apt-get update -q && sudo apt-get install -yq cmake g++ git libncurses-dev libdrm-dev libsystemd-dev"),
+    Step("nvtop", "nvtop with AMD support",
          "command -v nvtop >/dev/null || (rm -rf /tmp/nvtop && git clone --depth 1 https://github.com/Syllo/nvtop.git /tmp/nvtop "
          "&& cmake -S /tmp/nvtop -B /tmp/nvtop/build -DAMDGPU_SUPPORT=ON -DNVIDIA_SUPPORT=OFF -DINTEL_SUPPORT=OFF "
          "&& sudo cmake --build /tmp/nvtop/build --target install)"),
-    Step("the GPUs, as the host sees them", "rocm-smi"),
+    Step("gpus", "the GPUs, as the host sees them", "rocm-smi"),
 ]
 
 
@@ -128,7 +131,7 @@ def image_build(profile: Variant) -> Step:
     """Starts the Jupyter image build in the background (slow; ROCm very slow), its log and status on the
     node. Not again while one runs, nor once the image is there; a failed build starts anew."""
     return Step(
-        "the Jupyter image build, started in the background",
+        "image_build", "the Jupyter image build, started in the background",
         f"docker image inspect {IMAGE} >/dev/null 2>&1 || grep -qx building {BUILD_STATUS} 2>/dev/null || "
         f"(cd {REMOTE_REPO} && echo building > {BUILD_STATUS} && nohup sg docker -c "
         f"'docker build -t {IMAGE} -f {profile.jupyter_dockerfile} . ; echo $? > {BUILD_STATUS}' "
@@ -143,13 +146,20 @@ IMAGE_STATE = (f"if docker image inspect {IMAGE} >/dev/null 2>&1; then echo buil
 
 
 def image_build_check() -> Step:
-    return Step("has the image build finished?", IMAGE_STATE)
+    return Step("image_state", "has the image build finished?", IMAGE_STATE)
 
 
 def steps(profile: Variant, repo: str | None = None, ref: str = "main", archive: str | None = None) -> list[Step]:
     """Everything the node needs, in order, for this variant."""
     gpu = AMD if profile.gpu_tool == "rocm-smi" else NVIDIA
     return [*materials(repo, ref, archive), *DOCKER, *gpu, image_build(profile)]
+
+
+def lesson_steps(profile: Variant) -> dict[str, Step]:
+    """Every command notebook 02 shows for this variant, by name: both ways of putting the series on
+    the node (the clone's `{repo}` and `{ref}` left for the notebook's f-string), then `steps`."""
+    every = [*materials("{repo}", "{ref}"), *steps(profile), image_build_check()]
+    return {step.name: step for step in every}
 
 
 class StepFailed(RuntimeError):

@@ -12,9 +12,14 @@ A source (`notebooks/source/NN_name.md`) is Markdown:
   has `LOCAL`);
 - a line `{{ compose_service NAME }}` becomes that service of `docker/compose-tracking.yaml`, as the
   file writes it, in a YAML block: the lesson shows the file the node runs, and cannot drift from it;
-- the setup cell (`SETUP_CELL`) is put right after the parameters cell of every notebook: it
-  finds the copy of the series (or the installed package) and readies the kernel (`kernel_setup`), so
-  a notebook opened where the package is not installed (Chameleon's JupyterHub) runs from its top.
+- `{{ node_command NAME }}` becomes the shell command of that setup step for the variant
+  (`node_setup.lesson_steps`) as a Python string literal, so 02 shows each command itself, from the
+  list the plan and the tests read;
+- the setup cell (`SETUP_CELL`) is put right after the parameters cell of every notebook: three
+  lines that import `series_setup` (a copy of the top folder's `series_setup.py` sits beside every
+  notebook), which finds the copy of the series (or the installed package) and readies the kernel
+  (`kernel_setup`), so a notebook opened where the package is not installed (Chameleon's JupyterHub)
+  runs from its top.
 
 `build` writes each variant's notebooks (testbed-side ones under `notebooks/<variant>/`, node-side
 ones under `workspace_mlflow/<variant>/`), the local target's (`notebooks/local/`,
@@ -40,6 +45,7 @@ ONLY = re.compile(r"^:::\s+(?P<names>[\w ]+)$")
 SUBSTITUTION = re.compile(r"\{\{\s*(\w+)\s*\}\}")
 COMPOSE_SERVICE = re.compile(r"^\{\{\s*compose_service\s+(?P<name>[\w-]+)\s*\}\}\s*$")
 COMPOSE_FILE = REPO_ROOT / "docker" / "compose-tracking.yaml"
+NODE_COMMAND = re.compile(r"\{\{\s*node_command\s+(?P<name>\w+)\s*\}\}")
 
 
 class SourceError(ValueError):
@@ -106,17 +112,64 @@ def compose_service(name: str, where: str = "<source>") -> list[str]:
     return ["```yaml", *(line[2:] for line in lines[start:end + 1]), "```"]
 
 
-def _expand(lines: list[str], where: str) -> list[str]:
+def python_string(text: str) -> str:
+    """`text` as a Python literal a student reads easily: quotes that need no escapes, and an f-string
+    where it names the notebook's `{repo}` or `{ref}`."""
+    prefix = "f" if "{repo}" in text or "{ref}" in text else ""
+    if prefix and re.sub(r"\{(repo|ref)\}", "", text).count("{"):
+        raise SourceError(f"a command with {{repo}} or {{ref}} has other braces, which an f-string would read: {text}")
+    if "\\" not in text and "\n" not in text:
+        for quote in ('"', "'", '"""'):
+            if quote not in text and not text.endswith(quote[0]):
+                return f"{prefix}{quote}{text}{quote}"
+    return prefix + repr(text)
+
+
+WIDTH = 96  # a command longer than this is shown as several literals Python joins, one per line
+BREAKS = ("&& ", "|| ", "; ", "| ")  # where a line may end (else at a space)
+
+
+def python_lines(text: str, indent: str) -> str:
+    """`text` as adjacent Python literals, one line each: Python joins them into the same string, so
+    where the lines break changes nothing but how it reads."""
+    pieces = []
+    while len(text) > WIDTH:
+        cut = max(text.rfind(b, 20, WIDTH - len(b)) + len(b) for b in BREAKS)
+        if cut < 40:
+            cut = text.rfind(" ", 20, WIDTH) + 1 or WIDTH
+        pieces.append(text[:cut])
+        text = text[cut:]
+    pieces.append(text)
+    if len(pieces) == 1:
+        return python_string(text)
+    return "\n" + "".join(f"{indent}    {python_string(piece)}\n" for piece in pieces) + indent
+
+
+def node_command(name: str, variant: Variant, where: str = "<source>", indent: str = "") -> str:
+    from chi_helpers.chameleon import node_setup
+
+    steps = node_setup.lesson_steps(variant)
+    if name not in steps:
+        raise SourceError(f"{where}: no setup step {name!r} for {variant.name} (node_setup.lesson_steps has "
+                          f"{', '.join(steps)})")
+    return python_lines(steps[name].command, indent)
+
+
+def _expand(lines: list[str], variant: Variant, where: str) -> list[str]:
     expanded = []
     for line in lines:
         found = COMPOSE_SERVICE.match(line)
-        expanded += compose_service(found["name"], where) if found else [line]
+        if found:
+            expanded += compose_service(found["name"], where)
+        else:
+            indent = line[:len(line) - len(line.lstrip())]
+            expanded.append(NODE_COMMAND.sub(lambda m: node_command(m["name"], variant, where, indent), line))
     return expanded
 
 
 def parse(text: str, variant: Variant, where: str = "<source>", target: str = "chameleon") -> list[Cell]:
     """The cells of one source, for one variant on one target (the local build: `LOCAL` on "local")."""
-    lines = _expand(_select(text.splitlines(), variant.name, target, where), where)
+    lines = _expand(_select(text.splitlines(), variant.name, target, where), variant, where)
     cells: list[Cell] = []
     markdown: list[str] = []
     code: list[str] | None = None
@@ -153,24 +206,19 @@ def parse(text: str, variant: Variant, where: str = "<source>", target: str = "c
 
 
 SETUP_CELL = '''\
-# Setup: make this series' helpers (chi_helpers) importable, and install what this kernel lacks
-# (the first run only). Safe to run again.
-import importlib.util
-import os
-import sys
-from pathlib import Path
+# Setup (safe to rerun): series_setup.py, beside this notebook, readies the kernel.
+import series_setup
+series_setup.prepare("{target}", side="{side}", folder="{folder}")'''
+SETUP_MODULE = REPO_ROOT / "series_setup.py"
+SETUP_COPY_HEADER = ("# Written by `python -m chi_helpers build` from series_setup.py at the top of the series: edit "
+                     "that one.\n")
 
-# The notebook's folder (Jupyter names the notebook in JPY_SESSION_NAME), then the working folder.
-places = [Path(os.environ.get("JPY_SESSION_NAME", ".")).resolve().parent, Path.cwd().resolve()]
-series = next((p for place in places for p in [place, *place.parents] if (p / "chi_helpers" / "kernel_setup.py").is_file()), None)
-if series is not None:
-    sys.path.insert(0, str(series))
-elif importlib.util.find_spec("chi_helpers") is None:
-    raise RuntimeError("chi_helpers is neither installed nor in a folder above this notebook: open the notebook "
-                       "from its place in the series (or `pip install -e` the series)")
-from chi_helpers import kernel_setup
 
-kernel_setup.prepare("{target}", side="{side}", folder="{folder}")'''
+def setup_module_copies() -> dict[Path, str]:
+    """series_setup.py in every folder that holds notebooks, where the setup cell's import finds it."""
+    text = SETUP_COPY_HEADER + SETUP_MODULE.read_text()
+    folders = {output_path(entry, variant.name).parent for variant, target in builds() for entry in notebooks_for(target)}
+    return {folder / SETUP_MODULE.name: text for folder in sorted(folders)}
 
 
 def with_setup_cell(cells: list[Cell], setup: str, where: str) -> list[Cell]:
@@ -357,6 +405,7 @@ def expected_files() -> dict[Path, str]:
     pages[SITE_DIR / "index.html"] = page_html([index_notebook()], "ML experiment tracking on a GPU testbed")
     files.update(share_styles(pages))
     files[START_HERE] = notebook_text(start_here_notebook())
+    files.update(setup_module_copies())
     return files
 
 

@@ -519,22 +519,25 @@ def nvidia_ctk(shell: Shell, match: re.Match) -> int:
 
 
 @answers("merge into Docker's daemon.json",
-         r"""sudo sh -c 'jq "\. \+ (?P<object>\{.*\})" (?P<file>/[^\s'"]+) > (?P<new>/[^\s'"]+) && mv (?P=new) (?P=file)'""")
+         r"""sudo jq '\. \+ (?P<object>\{.*\})' (?P<file>/[^\s'"]+) \| sudo tee (?P<new>/[^\s'"]+) >/dev/null """
+         r"""&& sudo mv (?P=new) (?P=file)""")
 def jq_merge(shell: Shell, match: re.Match) -> int:
-    if "jq" not in shell.state["packages"]:
-        shell.warn("sh: 1: jq: not found")
-        return 127
+    # A pipeline: tee opens (and empties) the new file while jq starts; with pipefail a failing jq
+    # fails the pipeline, so `mv` never puts a half-written file in place.
     target, new = shell.path(match["file"]), shell.path(match["new"])
     if not new.parent.is_dir():
-        shell.warn(f"sh: 1: cannot create {match['new']}: Directory nonexistent")
-        return 2
-    new.write_text("")  # the shell's redirection makes it before jq runs
+        shell.warn(f"tee: {match['new']}: No such file or directory")
+        return 1
+    new.write_text("")
+    if "jq" not in shell.state["packages"]:
+        shell.warn("sudo: jq: command not found")
+        return 1
     if not target.is_file():
         shell.warn(f"jq: error: Could not open {match['file']}: No such file or directory")
         return 2
     current = _read_json(target)
     try:
-        addition = json.loads(match["object"].replace('\\"', '"'))
+        addition = json.loads(match["object"])
     except ValueError:
         shell.warn("jq: error: syntax error in the filter\njq: 1 compile error")
         return 3

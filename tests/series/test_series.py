@@ -3,6 +3,7 @@ headless with papermill."""
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
@@ -61,9 +62,31 @@ def test_the_setup_cell_comes_right_after_the_parameters(entry, build_name, targ
     code = [c for c in cells_of(entry, build_name) if c.cell_type == "code"]
     folder = ("notebooks/" if entry.side == "testbed" else "workspace_mlflow/") + build_name
     assert code[1].metadata.get("tags") == ["setup"]
-    assert f'kernel_setup.prepare("{target}", side="{entry.side}", folder="{folder}")' in code[1].source
+    assert f'series_setup.prepare("{target}", side="{entry.side}", folder="{folder}")' in code[1].source
+    assert len(code[1].source.splitlines()) <= 3  # what a student reads there; the rest is in the file it names
+    assert (output_path(entry, build_name).parent / "series_setup.py").read_text().endswith(
+        (REPO_ROOT / "series_setup.py").read_text())
     # Nothing before it imports the helpers: a kernel without the package must get this far.
     assert "chi_helpers" not in code[0].source
+
+
+def test_the_setup_module_beside_a_notebook_finds_its_series_and_else_the_installed_package(tmp_path):
+    # A copy of the scripts outside the series (the local target's work folder): the installed package serves;
+    # with no package either, the error says what to do.
+    copy = tmp_path / "scripts" / "series_setup.py"
+    copy.parent.mkdir()
+    copy.write_text((REPO_ROOT / "workspace_mlflow" / "local" / "series_setup.py").read_text())
+    probe = ("import sys; sys.path.insert(0, sys.argv[1]); import series_setup; "
+             "print(series_setup.series_root()); import importlib.util; print(importlib.util.find_spec('chi_helpers') is not None)")
+    found = subprocess.run([sys.executable, "-c", probe, str(copy.parent)], capture_output=True, text=True, check=True,
+                           cwd=tmp_path)
+    assert found.stdout.split() == ["None", "True"]
+    inside = subprocess.run([sys.executable, "-c", probe, str(REPO_ROOT / "notebooks" / "amd")], capture_output=True,
+                            text=True, check=True, cwd=tmp_path)
+    assert inside.stdout.split()[0] == str(REPO_ROOT)
+    bare = subprocess.run([sys.executable, "-I", "-S", "-c", "import sys; sys.path.insert(0, sys.argv[1]); import series_setup; "
+                           "series_setup.prepare('local')", str(copy.parent)], capture_output=True, text=True, cwd=tmp_path)
+    assert bare.returncode != 0 and "neither in a folder above this notebook nor installed" in bare.stderr
 
 
 @pytest.mark.parametrize("entry,build_name,target", BUILT, ids=IDS)
@@ -188,6 +211,39 @@ def test_notebook_04_shows_every_service_of_the_compose_file_as_the_file_writes_
         assert service == compose[name]
         assert "\n".join("  " + line if line else line for line in block.rstrip("\n").splitlines()) in \
             build.COMPOSE_FILE.read_text()  # its comments too: the file's own lines
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_notebook_02_runs_every_setup_step_in_its_own_visible_call(variant):
+    # Each my_server.execute(...) in the built notebook, its string as Python joins it (the f-string's
+    # {repo} and {ref} as the notebook's values), in order: exactly node_setup's steps for the variant.
+    from chi_helpers.chameleon import node_setup
+
+    cells = [c.source for c in cells_of(next(e for e in NOTEBOOKS if e.source.startswith("02")), variant)
+             if c.cell_type == "code"]
+    assert not any("for step in" in c or "node_setup.run(" in c for c in cells)  # no loop the student cannot see
+    called = []
+    for cell in cells:
+        for node in ast.walk(ast.parse(cell)):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) == "my_server.execute":
+                called.append(eval(compile(ast.Expression(node.args[0]), "<cell>", "eval"),
+                                   {"repo": "{repo}", "ref": "{ref}"}))
+    profile = VARIANTS[variant]
+    wanted = [*(s.command for s in node_setup.materials("{repo}", "{ref}")),
+              *(s.command for s in node_setup.steps(profile, archive="x")),
+              node_setup.image_build_check().command]
+    assert called == wanted
+    # Each call in its own cell or beside its kin, each cell at most three calls.
+    assert all(cell.count("my_server.execute(") <= 3 for cell in cells)
+
+
+def test_a_long_command_is_shown_as_lines_python_joins_back():
+    text = 'sudo sh -c \'echo "a"\' && ' + " && ".join(f"step{i} --flag 'x y'" for i in range(30)) + " {repo}"
+    literal = build.python_lines(text, "    ")
+    assert all(len(line) <= build.WIDTH + 12 for line in literal.splitlines())
+    assert eval(f"({literal})", {"repo": "{repo}"}) == text
+    with pytest.raises(build.SourceError, match="other braces"):
+        build.python_string("{ a; } {repo}")
 
 
 def test_blocks_select_by_variant_and_target_and_a_rule_splits_markdown():
