@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import difflib
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -13,6 +14,8 @@ import time
 from pathlib import Path
 
 import mlflow.artifacts
+import mlflow.data
+import mlflow.models
 import pytest
 from mlflow import MlflowClient
 
@@ -103,11 +106,33 @@ def test_tracked_run_logs_everything_the_lesson_shows(run_script, new_runs, clie
     gpu_info = client.download_artifacts(run.info.run_id, "gpu-info.txt", str(tmp_path))
     assert "NVIDIA A100-PCIE-40GB" in Path(gpu_info).read_text()
 
-    # The model is logged under one name, once per improvement: only epoch 1 improved.
+    # The model is logged once, at the end, with its signature (a batch of photos in, 11 scores out) and an
+    # input example one photo big.
     models = client.search_logged_models([run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'")
     assert [m.name for m in models] == ["food11"]
-    model_dir = mlflow.artifacts.download_artifacts(f"runs:/{run.info.run_id}/food11", dst_path=str(tmp_path / "model"))
-    assert (Path(model_dir) / "MLmodel").exists()
+    model_dir = mlflow.artifacts.download_artifacts(models[0].model_uri, dst_path=str(tmp_path / "model"))
+    signature = mlflow.models.Model.load(model_dir).signature
+    [photo] = signature.inputs.inputs
+    [scores] = signature.outputs.inputs
+    assert photo.shape == (-1, 3, 32, 32) and scores.shape == (-1, 11) and str(photo.type) == "float32"
+    example = json.loads((Path(model_dir) / "serving_input_example.json").read_text())
+    assert len(example["inputs"]) == 1 and len(example["inputs"][0]) == 3
+
+    # Each split is an input of the run: its name, the photos' digest, where they are, its context.
+    inputs = {i.dataset.name: i for i in run.inputs.dataset_inputs}
+    assert sorted(inputs) == ["food11-evaluation", "food11-training", "food11-validation"]
+    for split in food11_training.SPLITS:
+        given = inputs[f"food11-{split}"]
+        assert json.loads(given.dataset.source)["uri"].endswith(f"/{split}")
+        assert {t.key: t.value for t in given.tags}["mlflow.data.context"] == split
+        listing, folder = food11_training.split_listing(str(data_dir), split)
+        assert json.loads(given.dataset.profile)["num_rows"] == len(listing) > 0
+        assert given.dataset.digest == mlflow.data.from_pandas(listing, source=folder).digest
+    # The digest follows the photos: one photo fewer (or another size) is another digest.
+    listing, folder = food11_training.split_listing(str(data_dir), "training")
+    assert mlflow.data.from_pandas(listing.iloc[1:], source=folder).digest != inputs["food11-training"].dataset.digest
+    resized = listing.assign(bytes=listing["bytes"] + ([1] + [0] * (len(listing) - 1)))
+    assert mlflow.data.from_pandas(resized, source=folder).digest != inputs["food11-training"].dataset.digest
 
     commit = head_commit()
     if commit:  # a clone (as in CI) records its commit
@@ -160,7 +185,8 @@ def test_diff_of_baseline_and_tracked_script_is_only_tracking(baseline_script, t
             assert any(new.strip() == line.strip() for new in added), f"baseline line dropped: {line!r}"
         hunks.append("\n".join(added))
     assert hunks, "the tracked script adds something"
-    tracking_words = ("mlflow", "gpu_info", "run_ends_on_interrupt", "torchvision", "MODEL_REQUIREMENTS")
+    tracking_words = ("mlflow", "gpu_info", "run_ends_on_interrupt", "torchvision", "MODEL_REQUIREMENTS", "SPLITS",
+                      "split_dataset")
     for hunk in hunks:
         assert any(word in hunk for word in tracking_words), f"not a tracking change:\n{hunk}"
 

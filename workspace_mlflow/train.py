@@ -72,6 +72,9 @@ def main(config: dict) -> None:
                 print(f"early stopping: no better val_loss for {config['patience']} epochs", flush=True)
                 break
 
+    # The best epoch's weights are the model we keep, so they are the ones tested.
+    if best_val_loss < float("inf"):
+        model.load_state_dict(torch.load("food11.pth"))
     test_loss, test_accuracy = evaluate(model, test_loader, criterion, device)
     print(f"test_loss {test_loss:.4g}, test_accuracy {test_accuracy:.4g}", flush=True)
 

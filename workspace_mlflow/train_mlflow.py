@@ -11,10 +11,12 @@ import mlflow
 import mlflow.pytorch
 import torch
 import torchvision
+from mlflow.models import infer_signature
 from torch import nn
 
 from food11_training import (
     CONFIG,
+    SPLITS,
     build_model,
     check_data,
     count_trainable,
@@ -26,6 +28,7 @@ from food11_training import (
     run_ends_on_interrupt,
     seed_everything,
     set_backbone_trainable,
+    split_dataset,
     train_one_epoch,
 )
 
@@ -40,6 +43,9 @@ def main(config: dict) -> None:
     mlflow.start_run(log_system_metrics=True)
     mlflow.log_text(gpu_info(), "gpu-info.txt")
     mlflow.log_params(config)
+    # Which photos each split holds, and a digest of that list: the runs table's Datasets column.
+    for split in SPLITS:
+        mlflow.log_input(split_dataset(config["data_dir"], split), context=split)
 
     seed_everything(config["seed"])
     device = pick_device()
@@ -81,12 +87,6 @@ def main(config: dict) -> None:
         if metrics["val_loss"] < best_val_loss:
             best_val_loss, epochs_without_improvement = metrics["val_loss"], 0
             torch.save(model.state_dict(), "food11.pth")
-            mlflow.pytorch.log_model(
-                model,
-                name="food11",
-                serialization_format="pickle",  # loads with mlflow.pytorch.load_model at any batch size
-                pip_requirements=MODEL_REQUIREMENTS,  # named, MLflow need not spend seconds guessing them
-            )
         else:
             epochs_without_improvement += 1
             if epochs_without_improvement >= config["patience"]:
@@ -94,9 +94,26 @@ def main(config: dict) -> None:
                 mlflow.log_metric("early_stopping_epoch", epoch)
                 break
 
+    # The best epoch's weights are the model we keep, so they are the ones tested.
+    if best_val_loss < float("inf"):
+        model.load_state_dict(torch.load("food11.pth"))
     test_loss, test_accuracy = evaluate(model, test_loader, criterion, device)
     print(f"test_loss {test_loss:.4g}, test_accuracy {test_accuracy:.4g}", flush=True)
     mlflow.log_metrics({"test_loss": test_loss, "test_accuracy": test_accuracy})
+
+    # The model, once, with an example of what it takes (one photo, as the loaders make it) and
+    # its signature: the shape and type of that input and of what it returns (a score per class).
+    photo = next(iter(test_loader))[0][:1]
+    with torch.no_grad():
+        scores = model(photo.to(device)).cpu()
+    mlflow.pytorch.log_model(
+        model,
+        name="food11",
+        serialization_format="pickle",  # loads with mlflow.pytorch.load_model at any batch size
+        pip_requirements=MODEL_REQUIREMENTS,  # named, MLflow need not spend seconds guessing them
+        input_example=photo.numpy(),
+        signature=infer_signature(photo.numpy(), scores.numpy()),
+    )
     mlflow.end_run()
 
 

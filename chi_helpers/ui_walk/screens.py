@@ -4,7 +4,8 @@ The walk needs a server holding a real series' history. It takes the archive not
 the local target's work folder (`make run` makes one; `--archive FILE` names another), starts a
 stack as the node runs it (the Compose file's MLflow options: sign-in, allowed hosts, CORS origin;
 artifacts in an S3 bucket) with nothing in it, walks notebook 04's first look, restores the archive
-into the running stack, and walks the rest. Chromium opens it where a student opens the node: at a
+into the running stack, and walks the rest, each step on the history as the lesson has made it by then
+(`stages`). Chromium opens it where a student opens the node: at a
 public name (`NODE_NAME`, mapped onto the loopback listener inside the browser), not at localhost.
 """
 
@@ -19,7 +20,7 @@ from pathlib import Path
 from chi_helpers import credentials
 from chi_helpers.local.target import DEFAULT_WORKDIR
 from chi_helpers.progress import Clock
-from chi_helpers.ui_walk import browser, figures, steps, walk
+from chi_helpers.ui_walk import browser, figures, stages, steps, walk
 
 EXPERIMENT = "food11-classifier"
 TRAINING_SCRIPT = "train_mlflow.py"  # 05's runs; 06's come from the Lightning script
@@ -90,17 +91,27 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
     try:
         sign_in = credentials.read(stack.auth_file)
         seen = walk.Seen("", "", "", [], "", "")
-        restored = False
+        history: stages.History | None = None
+        shown = ""
 
         def between(step, page) -> None:
-            nonlocal restored
-            if restored or steps.NOTEBOOKS_ORDER.index(step.notebook) < steps.NOTEBOOKS_ORDER.index(FIRST_AFTER_RESTORE):
+            nonlocal history, shown
+            if steps.NOTEBOOKS_ORDER.index(step.notebook) < steps.NOTEBOOKS_ORDER.index(FIRST_AFTER_RESTORE):
                 return
-            clock.say(f"restoring {archive.name}: the series' runs arrive, as notebooks 05-07 make them")
-            restore.restore(archive, location.from_state_dir(state_dir), manifest=verified, clock=clock)
             with _signed_in(sign_in):
-                seen.__dict__.update(seen_in(MlflowClient(stack.url)).__dict__)
-            restored = True
+                client = MlflowClient(stack.url)
+                if history is None:
+                    clock.say(f"restoring {archive.name}: the series' runs, shown as notebooks 05-07 make them")
+                    restore.restore(archive, location.from_state_dir(state_dir), manifest=verified, clock=clock)
+                    seen.__dict__.update(seen_in(client).__dict__)
+                    history = stages.History(client, EXPERIMENT, REGISTERED_MODEL)
+                if step.stage == shown:
+                    return
+                seen.listed = history.show(step.stage)
+                if history.registered:
+                    seen.champion_version = str(client.get_model_version_by_alias(REGISTERED_MODEL, "champion").version)
+            clock.say(f"the history as it stands at {step.stage}: {len(history.visible(step.stage))} run(s)")
+            shown = step.stage
             page.reload()  # as a student comes back to the UI after training: the lists load anew
 
         yield Walkable(stack.public_url, {"username": sign_in["MLFLOW_TRACKING_USERNAME"],

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from chi_helpers.series import NOTEBOOKS, SOURCE_DIR
+from chi_helpers.ui_walk.stages import FIRST_RUN
 from chi_helpers.ui_walk.walk import UI
 
 GPU_0 = "system/gpu_0_utilization_percentage"
@@ -30,15 +31,16 @@ class Step:
     run: Callable[[UI], object]  # returns the area of the figure (a locator), or None for the marks
     screen: str | None = None
     node_only: tuple[str, ...] = ()
+    stage: str = ""  # what the history holds then (`stages`); "": as the notebook's end leaves it
 
 
 WALK: list[Step] = []
 
 
-def step(notebook: str, says: str, screen: str | None = None, node_only: tuple[str, ...] = ()):
+def step(notebook: str, says: str, screen: str | None = None, node_only: tuple[str, ...] = (), stage: str = ""):
     def add(run: Callable[[UI], object]) -> Callable[[UI], object]:
         title = run.__name__.replace("_", " ")
-        WALK.append(Step(notebook, title, " ".join(says.split()), run, screen, node_only))
+        WALK.append(Step(notebook, title, " ".join(says.split()), run, screen, node_only, stage or notebook))
         return run
     return add
 
@@ -58,7 +60,7 @@ def column(ui: UI, label: str):
 
 
 def runs_listed(ui: UI) -> None:
-    ui.page.get_by_role("link", name=ui.seen.newest_runs[-1], exact=True).filter(visible=True).first.wait_for()
+    ui.page.get_by_role("link", name=ui.seen.listed, exact=True).filter(visible=True).first.wait_for()
 
 
 def in_the_experiment(ui: UI) -> None:
@@ -89,7 +91,7 @@ def pick_the_workflow(ui: UI):
 # --- 05: a tracked run ------------------------------------------------------------------------------
 
 @step("05_track_pytorch", "open *Experiments*, then `food11-classifier` when it appears, open the new run, and watch "
-      "its *System metrics* tab while it trains.")
+      "its *System metrics* tab while it trains.", stage=FIRST_RUN)
 def watch_a_run(ui: UI):
     ui.click("Experiments", role="link", within=sidebar(ui))
     ui.click("food11-classifier", role="link")
@@ -98,7 +100,7 @@ def watch_a_run(ui: UI):
 
 
 @step("05_track_pytorch", "In the experiment's *Runs* table, choose *Columns* and tick the parameter `lr`, the metrics "
-      "`val_accuracy` and `epoch_time`, and the attribute *Version*", screen="05-columns")
+      "`val_accuracy` and `epoch_time`, and the attribute *Version*", screen="05-columns", stage=FIRST_RUN)
 def choose_columns(ui: UI):
     ui.click("Runs", role="link", within=sidebar(ui))
     runs_listed(ui)  # a column ticked while the table still loads is lost
@@ -115,7 +117,7 @@ def choose_columns(ui: UI):
 
 
 @step("05_track_pytorch", "Click the run's name. *Overview* shows the *Parameters*, each metric's last value, and "
-      "*Source*: the script and its commit.", screen="05-overview")
+      "*Source*: the script and its commit.", screen="05-overview", stage=FIRST_RUN)
 def open_the_run(ui: UI):
     ui.page.keyboard.press("Escape")
     ui.open_run(ui.seen.killed_run)
@@ -124,20 +126,20 @@ def open_the_run(ui: UI):
     ui.mark(ui.see("Source").locator("xpath=.."))  # with its value: the script and the commit
 
 
-@step("05_track_pytorch", "*Model metrics* draws each metric over the epochs.", screen="05-model-metrics")
+@step("05_track_pytorch", "*Model metrics* draws each metric over the epochs.", screen="05-model-metrics", stage=FIRST_RUN)
 def model_metrics(ui: UI):
     ui.click("Model metrics", role="tab", mark=True)
     return main(ui)
 
 
 @step("05_track_pytorch", f"*System metrics* draws CPU, memory and, on the node, `{GPU_0}`.",
-      screen="05-system-metrics", node_only=(GPU_0,))
+      screen="05-system-metrics", node_only=(GPU_0,), stage=FIRST_RUN)
 def system_metrics(ui: UI):
     ui.click("System metrics", role="tab", mark=True)
     return main(ui)
 
 
-@step("05_track_pytorch", "*Artifacts* holds `gpu-info.txt`.", screen="05-artifacts")
+@step("05_track_pytorch", "*Artifacts* holds `gpu-info.txt`.", screen="05-artifacts", stage=FIRST_RUN)
 def artifacts(ui: UI):
     ui.click("Artifacts", role="tab", mark=True)
     ui.click("gpu-info.txt", mark=True)  # its text shows beside the list
@@ -184,9 +186,8 @@ def download_a_chart(ui: UI):
     ui.page.keyboard.press("Escape")
 
 
-@step("05_track_pytorch", "Its *Overview* lists, under *Logged models*, one `food11` model per improvement of the "
-      "validation loss: the last one is the best. Click it, press *Register model*, choose *Create New Model*, name "
-      "it `food11`, press *Register*.", screen="05-register-model")
+@step("05_track_pytorch", "Its *Overview* lists, under *Logged models*, its `food11` model. Click it, press "
+      "*Register model*, choose *Create New Model*, name it `food11`, press *Register*.", screen="05-register-model")
 def register_from_the_ui(ui: UI):
     ui.page.locator("label:has(input[value=TABLE])").first.click()  # back from the chart view to the table
     ui.open_run(ui.seen.best_run)

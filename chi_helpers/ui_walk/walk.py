@@ -47,6 +47,7 @@ class Seen:
     newest_runs: list[str]  # 06's two trainings, newest first
     registered_model: str  # 07's
     champion_version: str
+    listed: str = ""  # a run the runs table lists at the step (the newest there)
 
 
 @dataclass

@@ -365,6 +365,15 @@ def test_tracking_notebook_leaves_two_runs_on_two_commits(series):
     # Each run names the commit it ran: the fix is a commit of its own.
     assert slow.data.tags["mlflow.source.git.commit"] != fast.data.tags["mlflow.source.git.commit"]
     assert git(workdir, "log", "-1", "--format=%s", fast.data.tags["mlflow.source.git.commit"]) != "The series' training scripts"
+    # The fixed run names its data (three splits with their digests) and its model has a signature; the run
+    # its timeout stopped has the data, and no model.
+    assert sorted(i.dataset.name for i in fast.inputs.dataset_inputs) == [
+        "food11-evaluation", "food11-training", "food11-validation"]
+    assert {i.dataset.digest for i in fast.inputs.dataset_inputs} == {i.dataset.digest for i in slow.inputs.dataset_inputs}
+    models = {run.info.run_id: client.search_logged_models(
+        [run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'") for run in (slow, fast)}
+    assert slow.info.status == "KILLED" and models[slow.info.run_id] == []
+    assert [m.name for m in models[fast.info.run_id]] == ["food11"]
     said = said_in(workdir / "out" / "05_track_pytorch.ipynb")
     assert "Wall time:" in said  # every training cell says how long it took
     assert "num_workers: " in said  # the check cell reported on the edit
@@ -392,6 +401,15 @@ def test_lightning_notebook_shows_two_runs_for_two_ranks_then_one_per_training(s
     said = said_in(workdir / "out" / "06_lightning.ipynb")
     assert "one training, 2 run(s):" in said and "all from autologging:" in said
     assert "rank_check: " in said and "log_params: " in said
+    # The tag the student set, on the two compared runs only, and the search the cell printed finds the first.
+    tagged = client.search_runs([first.info.experiment_id], filter_string='tags.purpose = "learning rate"')
+    assert sorted(r.info.run_id for r in tagged) == sorted(r.info.run_id for r in checked)
+    search = re.search(r"^(metrics\.val_accuracy > 0\.5 and params\.lr = \"([^\"]+)\")$", said, re.M)
+    assert search and search[2] == first.data.params["lr"]
+    every = client.search_runs([first.info.experiment_id], max_results=1000)
+    meant = {r.info.run_id for r in every if r.data.params.get("lr") == search[2]
+             and r.data.metrics.get("val_accuracy", 0) > 0.5}
+    assert {r.info.run_id for r in client.search_runs([first.info.experiment_id], filter_string=search[1])} == meant
 
 
 def test_the_lease_timeline_fits_and_uses_the_budgets_the_notebooks_declare():

@@ -89,6 +89,49 @@ def test_each_figure_stands_next_to_its_step_and_is_small():
     assert used == set(named)
 
 
+def test_each_stage_holds_what_the_lesson_has_made_by_then(mlflow_server):
+    # A history shaped as the series leaves it: two runs of 05's script, three of Lightning's, a model with
+    # two versions and a champion. Each stage lists only its runs; 07's model is away before 07, and back
+    # after, with its versions in order and the same champion.
+    import uuid
+
+    from mlflow import MlflowClient
+
+    from chi_helpers.ui_walk import stages
+    from tracking_history import tracking_uri
+
+    name = f"stages-{uuid.uuid4().hex[:8]}"
+    model = f"{name}-model"
+    with tracking_uri(mlflow_server.url):
+        client = MlflowClient(mlflow_server.url)
+        experiment = client.create_experiment(name)
+        scripts = ["train_mlflow.py"] * 2 + ["train_lightning_mlflow.py"] * 3
+        runs = [client.create_run(experiment, start_time=1_000 * (i + 1), run_name=f"run-{i}",
+                                  tags={"mlflow.source.name": f"/w/{script}"}) for i, script in enumerate(scripts)]
+        client.create_registered_model(model)
+        for run in runs[3:]:
+            client.create_model_version(model, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+        client.set_registered_model_alias(model, "champion", "1")
+
+        def listed() -> list[str]:
+            found = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
+            return [r.info.run_name for r in found]
+
+        history = stages.History(client, name, model)
+        assert history.show(stages.FIRST_RUN) == "run-0" and listed() == ["run-0"]
+        assert client.search_registered_models(f"name='{model}'") == []
+        assert history.show("05_track_pytorch") == "run-1" and listed() == ["run-0", "run-1"]
+        assert history.show("06_lightning") == "run-4" and listed() == [f"run-{i}" for i in range(5)]
+        assert client.search_registered_models(f"name='{model}'") == []
+        history.show("07_registry")
+        versions = sorted(client.search_model_versions(f"name='{model}'"), key=lambda v: int(v.version))
+        assert [(v.version, v.run_id) for v in versions] == [("1", runs[3].info.run_id), ("2", runs[4].info.run_id)]
+        assert client.get_model_version_by_alias(model, "champion").run_id == runs[3].info.run_id
+        assert history.show(stages.FIRST_RUN) == "run-0" and listed() == ["run-0"]  # and back again
+        with pytest.raises(stages.StageError, match="no stage"):
+            history.show("08_release")
+
+
 # --- the UI's side: Chromium on the series' history ---------------------------------------------------
 
 @pytest.fixture(scope="module")
@@ -113,6 +156,12 @@ def test_the_walk_follows_the_lesson_on_a_series_history(walked):
             assert abs(image.width - committed.width) <= 200 and abs(image.height - committed.height) <= 200, name
     # The walk registered food11 from the UI, as notebook 05 tells the student to.
     assert target.seen.best_run and not (out / "failures").exists()
+    # It ended at 07: every run of the series listed again, and 07's model back with its champion.
+    with SignedIn(out / "stack") as client:
+        experiment = client.get_experiment_by_name(screens.EXPERIMENT).experiment_id
+        assert not client.search_runs([experiment], run_view_type=2)  # ViewType.DELETED_ONLY
+        champion = client.get_model_version_by_alias(screens.REGISTERED_MODEL, "champion")
+        assert str(champion.version) == target.seen.champion_version
 
 
 def test_the_bucket_holds_what_notebook_04_says(walked):

@@ -1,0 +1,96 @@
+"""The history as a student has it at each step of the walk, so each figure shows what their screen shows.
+
+The walk restores a whole series' history, then, before each step, shows only what the lesson has
+made by then: a run a later step makes is deleted (MLflow's own soft delete, which the runs table
+leaves out, and `restore_run` brings back), and the model notebook 07 registers is away until 07,
+then registered again from the same logged models, version by version, with its aliases.
+
+The stages, in the lesson's order (a step's `stage`; most steps' is their notebook's):
+- `FIRST_RUN`: 05 after its first tracked run (the one its timeout stopped);
+- `05_track_pytorch`: 05 after its second run (the fix);
+- `06_lightning`: 06's runs as well;
+- `07_registry`: everything, with 07's registered model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FIRST_RUN = "05_track_pytorch:first run"
+ORDER = [FIRST_RUN, "05_track_pytorch", "06_lightning", "07_registry"]
+TRAINING_SCRIPT = "train_mlflow.py"  # 05's runs; 06's come from the Lightning script
+
+
+class StageError(RuntimeError):
+    """The history lacks what a stage shows."""
+
+
+@dataclass
+class _Version:
+    source: str
+    run_id: str | None
+    model_id: str | None
+    aliases: list[str]
+
+
+class History:
+    """One experiment's runs and one registered model, shown stage by stage through `client`."""
+
+    def __init__(self, client, experiment: str, registered_model: str):
+        from mlflow.entities import ViewType
+
+        self.client, self.registered_model = client, registered_model
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise StageError(f"no experiment {experiment!r} in the history")
+        self.runs = list(client.search_runs([found.experiment_id], run_view_type=ViewType.ALL,
+                                            order_by=["attributes.start_time ASC"], max_results=1000))
+        self.tracked = [r for r in self.runs if r.data.tags.get("mlflow.source.name", "").endswith(TRAINING_SCRIPT)]
+        if not self.tracked:
+            raise StageError(f"no run of {TRAINING_SCRIPT} in the history: it is not from a run of the series")
+        self.deleted = {r.info.run_id for r in self.runs if r.info.lifecycle_stage == "deleted"}
+        versions = client.search_model_versions(f"name='{registered_model}'")
+        # The model's own record holds its aliases (a searched version's list may be empty).
+        aliases = client.get_registered_model(registered_model).aliases if versions else {}
+        self.versions = [_Version(v.source, v.run_id, getattr(v, "model_id", None),
+                                  sorted(a for a, number in aliases.items() if str(number) == str(v.version)))
+                         for v in sorted(versions, key=lambda v: int(v.version))]
+        self.registered = bool(self.versions)
+
+    def visible(self, stage: str) -> list:
+        """The runs a student's table lists at `stage`, oldest first."""
+        if stage not in ORDER:
+            raise StageError(f"no stage {stage!r}: the stages are {', '.join(ORDER)}")
+        if stage == FIRST_RUN:
+            return self.tracked[:1]
+        if stage == "05_track_pytorch":
+            return self.tracked
+        return self.runs
+
+    def show(self, stage: str) -> str:
+        """Make the server hold what the lesson has made by `stage`; returns the newest run's name there."""
+        shown = {r.info.run_id for r in self.visible(stage)}
+        for run in self.runs:
+            run_id = run.info.run_id
+            if run_id in shown and run_id in self.deleted:
+                self.client.restore_run(run_id)
+                self.deleted.discard(run_id)
+            elif run_id not in shown and run_id not in self.deleted:
+                self.client.delete_run(run_id)
+                self.deleted.add(run_id)
+        wanted = ORDER.index(stage) >= ORDER.index("07_registry") and bool(self.versions)
+        if wanted and not self.registered:
+            self._register_again()
+        elif not wanted and self.registered:
+            self.client.delete_registered_model(self.registered_model)
+            self.registered = False
+        return self.visible(stage)[-1].info.run_name
+
+    def _register_again(self) -> None:
+        self.client.create_registered_model(self.registered_model)
+        for version in self.versions:
+            made = self.client.create_model_version(self.registered_model, version.source, run_id=version.run_id,
+                                                    model_id=version.model_id)
+            for alias in version.aliases:
+                self.client.set_registered_model_alias(self.registered_model, alias, made.version)
+        self.registered = True
