@@ -44,8 +44,8 @@ def steps(profile: Variant) -> list[tuple[str, str, int]]:
         ("06", "your edits: the rank check and the data settings, and their commits", EDIT_MINUTES),
         ("06", "tracked with the rank check", profile.lightning_run_minutes),
         ("06", "again with another learning rate", profile.lightning_run_minutes),
-        ("06", "compare the two in the UI", 5),
-        ("07", "register, alias, load and predict", 2),
+        ("06", "compare the two in the UI, find runs by search and tag", 5),
+        ("07", "register, alias, load and predict (serving it: optional, with time to spare)", 2),
         ("08", "save an archive of the history, then release the lease", 10),
     ]
 

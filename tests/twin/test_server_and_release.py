@@ -167,12 +167,12 @@ def test_a_dropped_ssh_connection_is_tried_again_once(cloud, capsys):
 
     node = node_server.bring_up(NVIDIA, active_lease(NVIDIA), "abc123")
     cloud.world.inject("ssh-drops")
-    output = node_setup.run(node, node_setup.Step("the GPUs", "nvidia-smi"), retry_after=0.5)
+    output = node_setup.run(node, node_setup.Step("gpus", "the GPUs", "nvidia-smi"), retry_after=0.5)
     assert "A100" in output
     assert "the SSH connection dropped" in capsys.readouterr().out
     cloud.world.inject("ssh-drops", count=2)
     with pytest.raises(node_setup.StepFailed, match="failed twice.*run this notebook again"):
-        node_setup.run(node, node_setup.Step("the GPUs", "nvidia-smi"), retry_after=0.5)
+        node_setup.run(node, node_setup.Step("gpus", "the GPUs", "nvidia-smi"), retry_after=0.5)
 
 
 def test_the_address_is_waited_for_until_nova_shows_it(cloud, capsys):
