@@ -103,7 +103,7 @@ def main(config: dict) -> None:
 
     # The model, once, with an example of what it takes (one photo, as the loaders make it) and
     # its signature: the shape and type of that input and of what it returns (a score per class).
-    photo = next(iter(test_loader))[0][:1]
+    photo = test_loader.dataset[0][0].unsqueeze(0)  # one photo, without starting the loader's workers
     with torch.no_grad():
         scores = model(photo.to(device)).cpu()
     mlflow.pytorch.log_model(

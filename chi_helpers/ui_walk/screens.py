@@ -23,7 +23,6 @@ from chi_helpers.progress import Clock
 from chi_helpers.ui_walk import browser, figures, stages, steps, walk
 
 EXPERIMENT = "food11-classifier"
-TRAINING_SCRIPT = "train_mlflow.py"  # 05's runs; 06's come from the Lightning script
 REGISTERED_MODEL = "food11-staging"  # 07's model_name
 FIRST_AFTER_RESTORE = "05_track_pytorch"
 FAILURES_DIR = DEFAULT_WORKDIR / "walk-failures"  # the page when a step fails; never beside the figures
@@ -42,20 +41,20 @@ def newest_archive(workdir: Path) -> Path:
     return found[-1]
 
 
-def seen_in(client) -> walk.Seen:
-    """The runs the lesson's steps point at, read from the restored history."""
+def seen_in(client) -> tuple[walk.Seen, stages.History]:
+    """The runs the lesson's steps point at, read from the restored history, and that history by stage."""
     experiment = client.get_experiment_by_name(EXPERIMENT)
     if experiment is None:
         raise ScreensError(f"the archive holds no experiment {EXPERIMENT!r}: it is not from a run of the series")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time ASC"], max_results=1000)
-    tracked = [r for r in runs if r.data.tags.get("mlflow.source.name", "").endswith(TRAINING_SCRIPT)]
-    finished = [r for r in runs if r.info.status == "FINISHED"]
-    if not tracked or len(finished) < 2:
+    history = stages.History(client, experiment.experiment_id, REGISTERED_MODEL)
+    finished = [r for r in history.runs if r.info.status == "FINISHED"]
+    if not history.tracked or len(finished) < 2:
         raise ScreensError("the archive lacks 05's tracked runs or 06's two trainings: archive a whole series run")
-    best = max(tracked, key=lambda r: r.data.metrics.get("test_accuracy", -1.0))
+    best = max(history.tracked, key=lambda r: r.data.metrics.get("test_accuracy", -1.0))
     champion = client.get_model_version_by_alias(REGISTERED_MODEL, "champion")
-    return walk.Seen(EXPERIMENT, tracked[0].info.run_name, best.info.run_name,
+    seen = walk.Seen(EXPERIMENT, history.tracked[0].info.run_name, best.info.run_name,
                      [r.info.run_name for r in reversed(finished[-2:])], REGISTERED_MODEL, str(champion.version))
+    return seen, history
 
 
 @dataclass
@@ -103,8 +102,8 @@ def walkable_stack(archive: Path, state_dir: Path | None = None, clock: Clock | 
                 if history is None:
                     clock.say(f"restoring {archive.name}: the series' runs, shown as notebooks 05-07 make them")
                     restore.restore(archive, location.from_state_dir(state_dir), manifest=verified, clock=clock)
-                    seen.__dict__.update(seen_in(client).__dict__)
-                    history = stages.History(client, EXPERIMENT, REGISTERED_MODEL)
+                    found, history = seen_in(client)
+                    seen.__dict__.update(found.__dict__)
                 if step.stage == shown:
                     return
                 seen.listed = history.show(step.stage)

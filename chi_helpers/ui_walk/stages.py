@@ -24,7 +24,7 @@ VERSIONS_TAG = "mlflow.modelVersions"  # mlflow/utils/mlflow_tags.py: MLFLOW_MOD
 
 
 class StageError(RuntimeError):
-    """The history lacks what a stage shows."""
+    """A stage the lesson does not have."""
 
 
 @dataclass
@@ -43,19 +43,12 @@ def _logged_model_id(source: str) -> str | None:
 class History:
     """One experiment's runs and one registered model, shown stage by stage through `client`."""
 
-    def __init__(self, client, experiment: str, registered_model: str):
-        from mlflow.entities import ViewType
-
+    def __init__(self, client, experiment_id: str, registered_model: str):
         self.client, self.registered_model = client, registered_model
-        found = client.get_experiment_by_name(experiment)
-        if found is None:
-            raise StageError(f"no experiment {experiment!r} in the history")
-        self.runs = list(client.search_runs([found.experiment_id], run_view_type=ViewType.ALL,
-                                            order_by=["attributes.start_time ASC"], max_results=1000))
+        # The runs the table lists (a run deleted before the archive stays deleted), oldest first.
+        self.runs = list(client.search_runs([experiment_id], order_by=["attributes.start_time ASC"], max_results=1000))
         self.tracked = [r for r in self.runs if r.data.tags.get("mlflow.source.name", "").endswith(TRAINING_SCRIPT)]
-        if not self.tracked:
-            raise StageError(f"no run of {TRAINING_SCRIPT} in the history: it is not from a run of the series")
-        self.deleted = {r.info.run_id for r in self.runs if r.info.lifecycle_stage == "deleted"}
+        self.deleted: set[str] = set()  # the runs this history has deleted, to bring back
         versions = client.search_model_versions(f"name='{registered_model}'")
         # The model's own record holds its aliases (a searched version's list may be empty).
         aliases = client.get_registered_model(registered_model).aliases if versions else {}

@@ -127,7 +127,7 @@ def test_each_stage_holds_what_the_lesson_has_made_by_then(mlflow_server):
             return [client.get_logged_model(i).tags.get(stages.VERSIONS_TAG) for i in logged_ids]
 
         before = version_tags()
-        history = stages.History(client, name, model)
+        history = stages.History(client, experiment, model)
         assert history.show(stages.FIRST_RUN) == "run-0" and listed() == ["run-0"]
         assert client.search_registered_models(f"name='{model}'") == []
         assert not any(version_tags())  # no "Models" entry in the runs table before 07
